@@ -1,0 +1,290 @@
+//! The score network's hyper-parameters: the `model:` section of the reference training YAML
+//! (audio-diffusion-pytorch 0.0.43 `AudioDiffusionModel` kwargs), plus named presets.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Log-normal training distribution of σ: σ = exp(mean + std·n), n ~ N(0, 1).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SigmaDistribution {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl Default for SigmaDistribution {
+    fn default() -> Self {
+        Self { mean: -3.0, std: 1.0 }
+    }
+}
+
+/// The reference `model:` kwargs. Unknown keys are ignored, so a reference config can be read as is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub in_channels: usize,
+    pub channels: usize,
+    pub patch_factor: usize,
+    #[serde(default = "one")]
+    pub patch_blocks: usize,
+    pub resnet_groups: usize,
+    pub kernel_multiplier_downsample: usize,
+    pub multipliers: Vec<usize>,
+    pub factors: Vec<usize>,
+    pub num_blocks: Vec<usize>,
+    #[serde(deserialize_with = "bools_or_ints")]
+    pub attentions: Vec<bool>,
+    pub attention_heads: usize,
+    pub attention_features: usize,
+    pub attention_multiplier: usize,
+    #[serde(default)]
+    pub use_nearest_upsample: bool,
+    #[serde(default = "yes")]
+    pub use_skip_scale: bool,
+    #[serde(default = "yes")]
+    pub use_attention_bottleneck: bool,
+    #[serde(default = "yes")]
+    pub use_context_time: bool,
+    #[serde(default = "sigma_data_default")]
+    pub diffusion_sigma_data: f64,
+    #[serde(default)]
+    pub diffusion_sigma_distribution: SigmaDistribution,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_sizes_init: Option<Vec<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+}
+
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn sigma_data_default() -> f64 {
+    0.2
+}
+
+fn bools_or_ints<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        Bool(bool),
+        Int(i64),
+    }
+    let v: Vec<B> = Vec::deserialize(d)?;
+    Ok(v.into_iter()
+        .map(|b| match b {
+            B::Bool(b) => b,
+            B::Int(i) => i != 0,
+        })
+        .collect())
+}
+
+impl ModelConfig {
+    /// The paper's MSDM configuration (405,497,700 parameters).
+    pub fn paper() -> Self {
+        Self {
+            in_channels: 4,
+            channels: 256,
+            patch_factor: 16,
+            patch_blocks: 1,
+            resnet_groups: 8,
+            kernel_multiplier_downsample: 2,
+            multipliers: vec![1, 2, 4, 4, 4, 4, 4],
+            factors: vec![4, 4, 4, 2, 2, 2],
+            num_blocks: vec![2, 2, 2, 2, 2, 2],
+            attentions: vec![false, false, false, true, true, true],
+            attention_heads: 8,
+            attention_features: 128,
+            attention_multiplier: 2,
+            use_nearest_upsample: false,
+            use_skip_scale: true,
+            use_attention_bottleneck: true,
+            use_context_time: true,
+            diffusion_sigma_data: 0.2,
+            diffusion_sigma_distribution: SigmaDistribution::default(),
+            kernel_sizes_init: None,
+            learning_rate: Some(1e-4),
+            beta1: Some(0.9),
+            beta2: Some(0.99),
+        }
+    }
+
+    /// The paper's ISDM configuration: the same network on one stem.
+    pub fn paper_isdm() -> Self {
+        Self { in_channels: 1, learning_rate: Some(1e-5), ..Self::paper() }
+    }
+
+    /// A small network for the bundled default model (fast on CPU).
+    pub fn small() -> Self {
+        Self {
+            in_channels: 4,
+            channels: 32,
+            patch_factor: 8,
+            patch_blocks: 1,
+            resnet_groups: 8,
+            kernel_multiplier_downsample: 2,
+            multipliers: vec![1, 2, 2, 4, 4],
+            factors: vec![4, 4, 2, 2],
+            num_blocks: vec![1, 1, 2, 2],
+            attentions: vec![false, false, true, true],
+            attention_heads: 4,
+            attention_features: 32,
+            attention_multiplier: 2,
+            ..Self::paper()
+        }
+    }
+
+    /// A tiny network for tests (milliseconds per call).
+    pub fn tiny() -> Self {
+        Self {
+            in_channels: 4,
+            channels: 16,
+            patch_factor: 4,
+            patch_blocks: 1,
+            resnet_groups: 4,
+            kernel_multiplier_downsample: 2,
+            multipliers: vec![1, 2, 2],
+            factors: vec![4, 2],
+            num_blocks: vec![1, 1],
+            attentions: vec![false, true],
+            attention_heads: 2,
+            attention_features: 8,
+            attention_multiplier: 2,
+            ..Self::paper()
+        }
+    }
+
+    /// A named preset (`tiny`, `small`, `paper`, `paper-isdm`) or a path to a JSON file.
+    pub fn from_name_or_file(name: &str) -> Result<Self> {
+        match name {
+            "tiny" => Ok(Self::tiny()),
+            "small" => Ok(Self::small()),
+            "paper" => Ok(Self::paper()),
+            "paper-isdm" => Ok(Self::paper_isdm()),
+            path => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("'{path}' is neither a preset (tiny, small, paper, paper-isdm) nor a readable JSON file")
+                })?;
+                Self::from_json(&text).with_context(|| format!("reading the model config in '{path}'"))
+            }
+        }
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("config serializes")
+    }
+
+    /// Number of U-Net levels.
+    pub fn num_layers(&self) -> usize {
+        self.multipliers.len().saturating_sub(1)
+    }
+
+    /// Width of the σ mapping (4 × channels).
+    pub fn mapping_features(&self) -> usize {
+        self.channels * 4
+    }
+
+    /// Input lengths must be a multiple of this.
+    pub fn length_multiple(&self) -> usize {
+        self.patch_factor.pow(self.patch_blocks as u32) * self.factors.iter().product::<usize>()
+    }
+
+    /// Checks that the network can be built from this configuration.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.num_layers();
+        if n == 0 {
+            bail!("model config: `multipliers` needs at least two entries");
+        }
+        if self.factors.len() != n || self.num_blocks.len() != n || self.attentions.len() != n {
+            bail!(
+                "model config: `factors`, `num_blocks` and `attentions` need {n} entries each (one per level), got {}, {} and {}",
+                self.factors.len(),
+                self.num_blocks.len(),
+                self.attentions.len()
+            );
+        }
+        if self.in_channels == 0 || self.channels == 0 || self.patch_factor == 0 || self.patch_blocks == 0 {
+            bail!("model config: in_channels, channels, patch_factor and patch_blocks must be positive");
+        }
+        if self.channels % self.patch_factor != 0 {
+            bail!("model config: channels ({}) must be divisible by patch_factor ({})", self.channels, self.patch_factor);
+        }
+        if self.kernel_multiplier_downsample % 2 != 0 {
+            bail!("model config: kernel_multiplier_downsample must be even");
+        }
+        if self.channels % 2 != 0 {
+            bail!("model config: channels must be even (time embedding)");
+        }
+        for &m in &self.multipliers {
+            let c = self.channels * m;
+            if c % self.resnet_groups != 0 {
+                bail!("model config: {c} channels are not divisible by resnet_groups ({})", self.resnet_groups);
+            }
+        }
+        if self.factors.iter().any(|&f| f == 0) {
+            bail!("model config: factors must be positive");
+        }
+        if self.patch_blocks != 1 && self.patch_factor.pow(self.patch_blocks as u32) > self.channels {
+            bail!("model config: patch_factor^patch_blocks exceeds channels");
+        }
+        if !self.use_context_time {
+            bail!("model config: use_context_time=false is not supported (the denoiser needs σ conditioning)");
+        }
+        if !(self.diffusion_sigma_data > 0.0) {
+            bail!("model config: diffusion_sigma_data must be positive");
+        }
+        Ok(())
+    }
+
+    /// The stems this model produces, in channel order (4-channel models: bass, drums, guitar, piano).
+    pub fn default_stems(&self) -> Vec<String> {
+        if self.in_channels == crate::STEMS.len() {
+            crate::STEMS.iter().map(|s| s.to_string()).collect()
+        } else {
+            (0..self.in_channels).map(|i| format!("source{i}")).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_yaml_keys_parse() {
+        let json = r#"{"in_channels":4,"channels":256,"patch_factor":16,"patch_blocks":1,
+            "resnet_groups":8,"kernel_multiplier_downsample":2,"kernel_sizes_init":[1,3,7],
+            "multipliers":[1,2,4,4,4,4,4],"factors":[4,4,4,2,2,2],"num_blocks":[2,2,2,2,2,2],
+            "attentions":[false,false,false,true,true,true],"attention_heads":8,"attention_features":128,
+            "attention_multiplier":2,"use_nearest_upsample":false,"use_skip_scale":true,
+            "use_attention_bottleneck":true,"diffusion_sigma_data":0.2,
+            "diffusion_sigma_distribution":{"mean":-3.0,"std":1.0},"learning_rate":1e-4,"beta1":0.9,"beta2":0.99}"#;
+        let cfg = ModelConfig::from_json(json).unwrap();
+        assert_eq!(cfg.length_multiple(), 8192);
+        let mut p = ModelConfig::paper();
+        p.kernel_sizes_init = Some(vec![1, 3, 7]);
+        assert_eq!(cfg, p);
+        let ints = json.replace("[false,false,false,true,true,true]", "[0,0,0,1,1,1]");
+        assert_eq!(ModelConfig::from_json(&ints).unwrap().attentions, p.attentions);
+    }
+
+    #[test]
+    fn presets_validate_and_bad_configs_fail() {
+        for c in [ModelConfig::tiny(), ModelConfig::small(), ModelConfig::paper(), ModelConfig::paper_isdm()] {
+            c.validate().unwrap();
+        }
+        let mut bad = ModelConfig::tiny();
+        bad.factors.pop();
+        assert!(bad.validate().unwrap_err().to_string().contains("entries"));
+    }
+}

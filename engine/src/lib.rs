@@ -1,0 +1,34 @@
+//! `msdm`: Multi-Source Diffusion Models (Mariani et al., ICLR 2024) in Rust.
+//!
+//! The crate is organised after the paper:
+//! - [`config`]: the score network's hyper-parameters (the reference `model:` kwargs) and presets;
+//! - [`ops`]: the one module that owns the network's primitive ops (kernels are swapped here);
+//! - [`unet`]: the score network F_θ (audio-diffusion-pytorch 0.0.43 `UNet1d`);
+//! - [`denoiser`]: the EDM-preconditioned denoiser D(x, σ) with the reference clamp;
+//! - [`schedule`]: the Karras σ schedule;
+//! - [`noise`]: seeded and recorded standard-normal draws;
+//! - [`sampler`]: Euler + churn with resamples, for generation and source imputation;
+//! - [`separator`]: posterior sampling with the Dirac and Gaussian likelihoods;
+//! - [`model_file`]: our self-describing safetensors model format.
+
+pub mod config;
+pub mod denoiser;
+pub mod device;
+pub mod model_file;
+pub mod noise;
+pub mod ops;
+pub mod sampler;
+pub mod schedule;
+pub mod separator;
+pub mod unet;
+
+/// The four stems, in the model's channel order.
+pub const STEMS: [&str; 4] = ["bass", "drums", "guitar", "piano"];
+/// The model's sample rate.
+pub const MODEL_RATE: u32 = 22_050;
+pub mod tasks;
+
+pub mod audio;
+pub mod data;
+pub mod eval;
+pub mod import;
