@@ -1,1 +1,115 @@
-//! (in progress)
+//! The EDM-preconditioned denoiser D(x, σ) = clamp(c_skip·x + c_out·F_θ(c_in·x, ln σ / 4), −1, 1)
+//! (Karras et al. 2022, σ_data from the config; the clamp is the reference's
+//! `dynamic_threshold = 0` branch, applied in training and in every sampler call).
+
+use candle_core::{DType, Result, Tensor};
+
+use crate::unet::UNet1d;
+
+/// Anything that denoises a `[B, C, T]` state at a noise level σ.
+pub trait Denoiser {
+    /// Number of stems (channels) the denoiser works on.
+    fn channels(&self) -> usize;
+    /// Input lengths must be a multiple of this.
+    fn length_multiple(&self) -> usize;
+    /// D(x, σ) with one σ for the whole batch.
+    fn denoise(&self, x: &Tensor, sigma: f32) -> Result<Tensor>;
+}
+
+/// The EDM preconditioning around one score network.
+pub struct EdmDenoiser {
+    pub net: UNet1d,
+    pub sigma_data: f64,
+    /// The dtype the network runs in (f32 on CPU; f16/bf16 possible on GPUs).
+    pub compute_dtype: DType,
+}
+
+impl EdmDenoiser {
+    pub fn new(net: UNet1d) -> Self {
+        let sigma_data = net.config.diffusion_sigma_data;
+        Self { net, sigma_data, compute_dtype: DType::F32 }
+    }
+
+    /// D(x, σ_b) with one σ per batch item (`sigmas`: `[B]`, f32). Used by training.
+    pub fn denoise_sigmas(&self, x: &Tensor, sigmas: &Tensor) -> Result<Tensor> {
+        let sd2 = self.sigma_data * self.sigma_data;
+        let s = sigmas.reshape((sigmas.dim(0)?, 1, 1))?;
+        let s2 = s.sqr()?;
+        let c_skip = (s2.clone() + sd2)?.recip()?.affine(sd2, 0.0)?;
+        let c_out = (s.clone() * self.sigma_data)?.broadcast_mul(&(s2.clone() + sd2)?.sqrt()?.recip()?)?;
+        let c_in = (s2 + sd2)?.sqrt()?.recip()?;
+        let c_noise = (sigmas.log()? * 0.25)?;
+        let f = self.run_net(&x.broadcast_mul(&c_in)?, &c_noise)?;
+        (x.broadcast_mul(&c_skip)? + f.broadcast_mul(&c_out)?)?.clamp(-1f32, 1f32)
+    }
+
+    fn run_net(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
+        if self.compute_dtype == DType::F32 {
+            return self.net.forward(x, c_noise);
+        }
+        let y = self.net.forward(&x.to_dtype(self.compute_dtype)?, &c_noise.to_dtype(self.compute_dtype)?)?;
+        y.to_dtype(DType::F32)
+    }
+}
+
+/// The preconditioning coefficients (c_skip, c_out, c_in, c_noise) for one σ, in f32.
+pub fn edm_coefficients(sigma: f32, sigma_data: f32) -> (f32, f32, f32, f32) {
+    let sd2 = sigma_data * sigma_data;
+    let s2 = sigma * sigma;
+    let c_skip = sd2 / (s2 + sd2);
+    let c_out = sigma * sigma_data * (sd2 + s2).powf(-0.5);
+    let c_in = (s2 + sd2).powf(-0.5);
+    let c_noise = sigma.ln() * 0.25;
+    (c_skip, c_out, c_in, c_noise)
+}
+
+impl Denoiser for EdmDenoiser {
+    fn channels(&self) -> usize {
+        self.net.config.in_channels
+    }
+
+    fn length_multiple(&self) -> usize {
+        self.net.config.length_multiple()
+    }
+
+    fn denoise(&self, x: &Tensor, sigma: f32) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let (c_skip, c_out, c_in, c_noise) = edm_coefficients(sigma, self.sigma_data as f32);
+        let c_noise = Tensor::full(c_noise, b, x.device())?;
+        let f = self.run_net(&(x * c_in as f64)?, &c_noise)?;
+        ((x * c_skip as f64)? + (f * c_out as f64)?)?.clamp(-1f32, 1f32)
+    }
+}
+
+/// ISDM: one single-stem model per stem; D(x, σ)[:, n] = D⁽ⁿ⁾(x[:, n:n+1], σ), each with its own
+/// clamp, concatenated in stem order (the paper's "weakly supervised" variant).
+pub struct IsdmDenoiser {
+    pub stems: Vec<EdmDenoiser>,
+}
+
+impl Denoiser for IsdmDenoiser {
+    fn channels(&self) -> usize {
+        self.stems.len()
+    }
+
+    fn length_multiple(&self) -> usize {
+        self.stems.iter().map(|d| d.length_multiple()).fold(1, num_lcm)
+    }
+
+    fn denoise(&self, x: &Tensor, sigma: f32) -> Result<Tensor> {
+        let outs = self
+            .stems
+            .iter()
+            .enumerate()
+            .map(|(n, d)| d.denoise(&x.narrow(1, n, 1)?, sigma))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&outs, 1)
+    }
+}
+
+fn num_lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    a / gcd(a, b) * b
+}

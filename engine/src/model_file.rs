@@ -1,1 +1,241 @@
-//! (in progress)
+//! Our model format: one self-describing safetensors file holding the network's weights (f32 or
+//! f16, under the reference state-dict names) and, in its metadata, the config (`msdm.config`),
+//! the model's window length and default sampler settings, and free-form provenance.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+use crate::denoiser::EdmDenoiser;
+use crate::unet::params::{FreshParams, TensorMap};
+use crate::unet::UNet1d;
+
+pub const FORMAT_KEY: &str = "msdm.format";
+pub const FORMAT_VERSION: &str = "1";
+
+/// What a model file says about itself besides its weights.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelMeta {
+    /// Window length in samples at 22,050 Hz that the model was trained on.
+    pub window: usize,
+    /// Stem names in channel order.
+    pub stems: Vec<String>,
+    /// Provenance: source checkpoint, training steps, data, ...
+    #[serde(default)]
+    pub info: serde_json::Value,
+}
+
+/// A loaded model: config, metadata and the denoiser on a device.
+pub struct Model {
+    pub config: ModelConfig,
+    pub meta: ModelMeta,
+    pub denoiser: EdmDenoiser,
+    tensors: Vec<(String, Tensor)>,
+    id: String,
+}
+
+/// Storage precision of a saved model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StoreDType {
+    F32,
+    F16,
+}
+
+impl Model {
+    /// Default window: the reference's 262,144 samples rounded to the config's length multiple.
+    pub fn default_window(config: &ModelConfig) -> usize {
+        let m = config.length_multiple();
+        262_144usize.div_ceil(m) * m
+    }
+
+    /// Builds a model from named tensors (reference names, no prefix).
+    pub fn from_tensors(config: ModelConfig, meta: ModelMeta, tensors: HashMap<String, Tensor>) -> Result<Self> {
+        config.validate()?;
+        let map = TensorMap::new(tensors);
+        let net = UNet1d::new(&config, &map).context("the weights do not fit the config")?;
+        let unused = map.unused();
+        if !unused.is_empty() {
+            bail!(
+                "the model file has {} tensors its config does not use (first: '{}'): the weights do not belong to this config",
+                unused.len(),
+                unused[0]
+            );
+        }
+        let mut list: Vec<(String, Tensor)> = map.tensors.into_iter().collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        let id = content_id(&config, &list)?;
+        Ok(Self { config, meta, denoiser: EdmDenoiser::new(net), tensors: list, id })
+    }
+
+    /// A randomly initialized model (PyTorch's default init, our seeded RNG); for tests and training.
+    pub fn random(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let fresh = FreshParams::new(seed, device);
+        UNet1d::new(&config, &fresh)?;
+        let tensors = fresh.vars.into_inner().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let meta = ModelMeta {
+            window: Self::default_window(&config),
+            stems: config.default_stems(),
+            info: serde_json::json!({"source": "random", "seed": seed}),
+        };
+        Self::from_tensors(config, meta, tensors)
+    }
+
+    /// Loads a model file onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read the model file '{}'", path.display()))?;
+        Self::from_bytes(&bytes, device).with_context(|| format!("loading the model file '{}'", path.display()))
+    }
+
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .context("not a safetensors file (import a PyTorch checkpoint with `msdm import` first)")?;
+        let md = header.metadata().clone().unwrap_or_default();
+        if md.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_VERSION) {
+            bail!("this safetensors file is not an MSDM model (no '{FORMAT_KEY}' = '{FORMAT_VERSION}' in its metadata)");
+        }
+        let config = ModelConfig::from_json(md.get("msdm.config").context("the model file has no 'msdm.config'")?)
+            .context("the model file's config is invalid")?;
+        let meta: ModelMeta = serde_json::from_str(md.get("msdm.meta").context("the model file has no 'msdm.meta'")?)
+            .context("the model file's metadata is invalid")?;
+        if meta.window == 0 || meta.window % config.length_multiple() != 0 {
+            bail!("the model's window {} is not a multiple of its length multiple {}", meta.window, config.length_multiple());
+        }
+        if meta.stems.len() != config.in_channels {
+            bail!("the model names {} stems but has {} channels", meta.stems.len(), config.in_channels);
+        }
+        let st = safetensors::SafeTensors::deserialize(bytes).context("the model file is damaged")?;
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let t = candle_core::safetensors::Load::load(&view, &Device::Cpu)?;
+            tensors.insert(name.to_string(), t.to_dtype(DType::F32)?.to_device(device)?);
+        }
+        Self::from_tensors(config, meta, tensors)
+    }
+
+    /// Writes the model as one safetensors file (atomically: temp file, then rename).
+    pub fn save(&self, path: &Path, dtype: StoreDType) -> Result<()> {
+        let dt = match dtype {
+            StoreDType::F32 => DType::F32,
+            StoreDType::F16 => DType::F16,
+        };
+        let tensors: Vec<(String, Tensor)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.to_dtype(dt)?.to_device(&Device::Cpu)?)))
+            .collect::<Result<_>>()?;
+        let mut md = HashMap::new();
+        md.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
+        md.insert("msdm.config".to_string(), self.config.to_json());
+        md.insert("msdm.meta".to_string(), serde_json::to_string(&self.meta)?);
+        let tmp = path.with_extension("safetensors.partial");
+        safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(md), &tmp)
+            .with_context(|| format!("cannot write '{}'", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move the model into '{}'", path.display()))?;
+        Ok(())
+    }
+
+    /// A stable id of the weights and config (hex), e.g. for caches.
+    pub fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    pub fn window(&self) -> usize {
+        self.meta.window
+    }
+
+    pub fn device(&self) -> &Device {
+        self.tensors.first().map(|(_, t)| t.device()).unwrap_or(&Device::Cpu)
+    }
+
+    /// The named weights (reference names), e.g. for training or export.
+    pub fn tensors(&self) -> &[(String, Tensor)] {
+        &self.tensors
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.tensors.iter().map(|(_, t)| t.elem_count()).sum()
+    }
+}
+
+/// FNV-1a over the config and the weights' bytes (f32, in name order), as 16 hex digits.
+fn content_id(config: &ModelConfig, tensors: &[(String, Tensor)]) -> Result<String> {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    };
+    eat(config.to_json().as_bytes());
+    for (n, t) in tensors {
+        eat(n.as_bytes());
+        // Sample the weights sparsely for big models: every 97th value is enough to tell files apart.
+        let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let step = if v.len() > 1 << 20 { 97 } else { 1 };
+        for x in v.iter().step_by(step) {
+            eat(&x.to_le_bytes());
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// The bundled default model: `$MSDM_MODEL` if set, else `assets/msdm-small.safetensors` next to
+/// the executable (or its parent folders, for `target/…` builds), else in the source tree.
+pub fn bundled_model_path() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("MSDM_MODEL") {
+        let p = PathBuf::from(p);
+        return p.exists().then_some(p);
+    }
+    let name = Path::new("assets").join(BUNDLED_MODEL_FILE);
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(5) {
+            candidates.push(dir.join(&name));
+        }
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&name));
+    candidates.into_iter().find(|p| p.exists())
+}
+
+pub const BUNDLED_MODEL_FILE: &str = "msdm-small.safetensors";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip_and_wrong_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Model::random(ModelConfig::tiny(), 3, &Device::Cpu).unwrap();
+        let p = dir.path().join("m.safetensors");
+        m.save(&p, StoreDType::F32).unwrap();
+        let l = Model::load(&p, &Device::Cpu).unwrap();
+        assert_eq!(l.id(), m.id());
+        assert_eq!(l.config, m.config);
+        assert_eq!(l.meta, m.meta);
+
+        // f16 storage loads, with a different id (different values)
+        let p16 = dir.path().join("m16.safetensors");
+        m.save(&p16, StoreDType::F16).unwrap();
+        assert!(std::fs::metadata(&p16).unwrap().len() < std::fs::metadata(&p).unwrap().len());
+        Model::load(&p16, &Device::Cpu).unwrap();
+
+        // weights of one config under another config's metadata → clear error
+        let mut other = Model::random(ModelConfig::tiny(), 3, &Device::Cpu).unwrap();
+        other.config.channels = 24;
+        let bad = dir.path().join("bad.safetensors");
+        other.save(&bad, StoreDType::F32).unwrap();
+        let err = format!("{:#}", Model::load(&bad, &Device::Cpu).err().unwrap());
+        assert!(err.contains("shape") || err.contains("does not"), "{err}");
+
+        // not a safetensors file
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, b"hello").unwrap();
+        let err = format!("{:#}", Model::load(&junk, &Device::Cpu).err().unwrap());
+        assert!(err.contains("not a safetensors file"), "{err}");
+    }
+}

@@ -1,1 +1,157 @@
-//! (in progress)
+//! The reference sampler: Euler steps along the probability-flow ODE with S_churn stochasticity and
+//! R "correction" resamples per step (re-noise from σ_{i+1} back to σ_i and repeat the step).
+//!
+//! One loop serves every task; what differs is the posterior (see [`Posterior`]): the plain prior
+//! (total generation), channel-masked inpainting (source imputation), and the Dirac and Gaussian
+//! separation likelihoods ([`crate::separator`]).
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+use crate::denoiser::Denoiser;
+use crate::noise::NoiseSource;
+
+/// Schedule and stochasticity of one sampling run.
+#[derive(Clone, Debug)]
+pub struct SamplerConfig {
+    /// σ_0 > … > σ_{N−1} > σ_N = 0 (see [`crate::schedule::karras`]).
+    pub sigmas: Vec<f32>,
+    /// S_churn; γ = min(S_churn / N, √2 − 1) at every step.
+    pub churn: f32,
+    /// R ≥ 1 network calls per step (R − 1 corrections).
+    pub resamples: usize,
+}
+
+impl SamplerConfig {
+    pub fn steps(&self) -> usize {
+        self.sigmas.len().saturating_sub(1)
+    }
+
+    /// Total denoiser calls (NFE = N·R).
+    pub fn calls(&self) -> usize {
+        self.steps() * self.resamples
+    }
+
+    fn gamma(&self) -> f32 {
+        (self.churn / self.steps() as f32).min(std::f32::consts::SQRT_2 - 1.0)
+    }
+}
+
+/// What the sampler conditions on.
+pub enum Posterior<'a> {
+    /// Total generation from the joint prior.
+    Prior,
+    /// Source imputation: `source` `[B, C, T]` holds the given stems; `mask[c]` is 1 for given stems.
+    Impute { source: &'a Tensor, mask: &'a [f32] },
+    /// Dirac likelihood: the stem `constrained` is y − Σ of the others; `mixture` `[B, 1, T]`.
+    Dirac { mixture: &'a Tensor, constrained: usize },
+    /// Gaussian likelihood with γ(σ) = `gamma_coeff`·σ; `mixture` `[B, 1, T]`.
+    Gaussian { mixture: &'a Tensor, gamma_coeff: f32 },
+}
+
+/// Progress callback: `(calls done, calls in all)`; return `false` to cancel.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize) -> bool;
+
+/// Error message used when a run is cancelled through the progress callback.
+pub const CANCELLED: &str = "cancelled";
+
+fn draw(noise: &mut dyn NoiseSource, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    Ok(Tensor::from_vec(noise.draw(n)?, shape, device)?)
+}
+
+/// Runs the sampler on a state of `shape` = `[B, C, T]` and returns the final state.
+///
+/// Noise is consumed in the reference's order: the initial draw; then per step the imputation
+/// source draw (imputation only); then per resample the churn draw (even when churn is zero) and,
+/// between resamples, the re-noise draw.
+pub fn sample(
+    denoiser: &dyn Denoiser,
+    shape: [usize; 3],
+    device: &Device,
+    config: &SamplerConfig,
+    posterior: &Posterior,
+    noise: &mut dyn NoiseSource,
+    progress: Progress,
+) -> Result<Tensor> {
+    let [_, c, t] = shape;
+    if c != denoiser.channels() {
+        bail!("the model has {} stems but the sampler was asked for {c}", denoiser.channels());
+    }
+    if t % denoiser.length_multiple() != 0 {
+        bail!("window length {t} is not a multiple of the model's length multiple {}", denoiser.length_multiple());
+    }
+    if config.steps() == 0 || config.resamples == 0 {
+        bail!("the sampler needs at least one step and one resample");
+    }
+    let mask = match posterior {
+        Posterior::Impute { mask, .. } => {
+            if mask.len() != c {
+                bail!("imputation mask has {} entries for {c} stems", mask.len());
+            }
+            Some(Tensor::from_vec(mask.to_vec(), (1, c, 1), device)?)
+        }
+        _ => None,
+    };
+    let gamma = config.gamma();
+    let sigmas = &config.sigmas;
+    let total = config.calls();
+    let mut done = 0;
+    let mut x = (draw(noise, &shape, device)? * sigmas[0] as f64)?;
+    for i in 0..config.steps() {
+        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
+        let source_noisy = match posterior {
+            Posterior::Impute { source, .. } => Some((*source + (draw(noise, &shape, device)? * sigma as f64)?)?),
+            _ => None,
+        };
+        for r in 0..config.resamples {
+            if let (Some(m), Some(s)) = (&mask, &source_noisy) {
+                x = (s.broadcast_mul(m)? + x.broadcast_mul(&(1.0 - m)?)?)?;
+            }
+            let sigma_hat = sigma * (gamma + 1.0);
+            let churn = (sigma_hat * sigma_hat - sigma * sigma).sqrt();
+            x = (x + (draw(noise, &shape, device)? * churn as f64)?)?;
+            let d = differential(denoiser, &mut x, sigma_hat, posterior)?;
+            x = (&x + (d * (sigma_next - sigma_hat) as f64)?)?;
+            if r + 1 < config.resamples {
+                let renoise = (sigma * sigma - sigma_next * sigma_next).sqrt();
+                x = (x + (draw(noise, &shape, device)? * renoise as f64)?)?;
+            }
+            done += 1;
+            if !progress(done, total) {
+                bail!(CANCELLED);
+            }
+        }
+    }
+    if let (Some(m), Posterior::Impute { source, .. }) = (&mask, posterior) {
+        x = (source.broadcast_mul(m)? + x.broadcast_mul(&(1.0 - m)?)?)?;
+    }
+    Ok(x)
+}
+
+/// The ODE derivative dx/dσ under the posterior, at the churned state `x` (which the Dirac
+/// likelihood constrains in place, as the reference does).
+fn differential(denoiser: &dyn Denoiser, x: &mut Tensor, sigma: f32, posterior: &Posterior) -> Result<Tensor> {
+    match posterior {
+        Posterior::Prior | Posterior::Impute { .. } => score_step(denoiser, x, sigma),
+        Posterior::Dirac { mixture, constrained } => {
+            *x = crate::separator::constrain(x, mixture, *constrained)?;
+            let e = score_step(denoiser, x, sigma)?;
+            let e_c = e.narrow(1, *constrained, 1)?;
+            Ok(e.broadcast_sub(&e_c)?)
+        }
+        Posterior::Gaussian { mixture, gamma_coeff } => {
+            let e = score_step(denoiser, x, sigma)?;
+            let residual = mixture.broadcast_sub(&x.sum_keepdim(1)?)?;
+            let gamma = gamma_coeff * sigma;
+            let coeff = sigma / (2.0 * gamma * gamma);
+            Ok(e.broadcast_sub(&(residual * coeff as f64)?)?)
+        }
+    }
+}
+
+/// (x − D(x, σ)) / σ.
+fn score_step(denoiser: &dyn Denoiser, x: &Tensor, sigma: f32) -> Result<Tensor> {
+    let den = denoiser.denoise(x, sigma)?;
+    Ok(((x - den)? / sigma as f64)?)
+}
