@@ -1,1 +1,178 @@
-fn main() {}
+//! `msdm`: separate, generate and impute music stems with Multi-Source Diffusion Models.
+
+mod bench;
+mod jobs;
+mod models;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "msdm", version, about = "Multi-Source Diffusion Models: separate a mix into bass, drums, guitar and piano, \
+generate stems that fit given ones, or generate all four from nothing.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Separate a mix (WAV/FLAC/MP3/OGG, any rate and channel count) into stems
+    Separate {
+        /// The mix to separate
+        input: PathBuf,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Likelihood linking stems and mix: dirac (stems sum to the mix) or gaussian
+        #[arg(long, value_enum, default_value_t = LikelihoodArg::Dirac)]
+        likelihood: LikelihoodArg,
+        /// Dirac: the stem computed as mix minus the others (index or name)
+        #[arg(long, default_value = "bass")]
+        constrained_source: String,
+        /// Gaussian: γ = COEFF·σ
+        #[arg(long, default_value_t = 0.75)]
+        gamma_coeff: f32,
+    },
+    /// Generate all stems from nothing
+    Generate {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Length in seconds
+        #[arg(long, default_value_t = 12.0)]
+        seconds: f64,
+        /// Output sample rate
+        #[arg(long, default_value_t = 44_100)]
+        rate: u32,
+        /// Output channels
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+    },
+    /// Generate the missing stems to fit given ones, e.g. `--given drums=d.wav`
+    Impute {
+        /// A given stem as NAME=FILE (repeatable); NAME=silence keeps a stem silent
+        #[arg(long = "given", required = true)]
+        given: Vec<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Import a published MSDM PyTorch Lightning checkpoint (.ckpt) into our model format
+    Import {
+        /// The .ckpt file
+        checkpoint: PathBuf,
+        /// The model file to write (.safetensors)
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Store weights as f16 (half the size)
+        #[arg(long)]
+        f16: bool,
+        /// Window length in samples at 22,050 Hz (default: 262144 rounded to the model's multiple)
+        #[arg(long)]
+        window: Option<usize>,
+        /// Replace OUTPUT if it exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a model file's config, size and defaults
+    Info {
+        /// Model file (default: the bundled model)
+        model: Option<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the denoiser and a full separation window
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct OutputArgs {
+    /// Output folder for bass.wav, drums.wav, guitar.wav, piano.wav
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Model file (default: the bundled model in assets/, or $MSDM_MODEL)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Compute device
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Number of takes (seeds SEED, SEED+1, ...), each in its own subfolder take-N
+    #[arg(long, default_value_t = 1)]
+    pub takes: usize,
+    /// Downmix to mono before processing
+    #[arg(long)]
+    pub mono: bool,
+    /// Sample format of the written stems
+    #[arg(long, value_enum, default_value_t = FormatArg::F32)]
+    pub format: FormatArg,
+    /// Replace existing stem files
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct SamplingArgs {
+    /// Diffusion steps (default: the model's or the released setting)
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// S_churn stochasticity
+    #[arg(long)]
+    pub churn: Option<f32>,
+    /// Network calls per step (1 + corrections)
+    #[arg(long)]
+    pub resamples: Option<usize>,
+    /// Highest noise level σ_max
+    #[arg(long)]
+    pub sigma_max: Option<f32>,
+    /// Random seed
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Windows per network call (separation)
+    #[arg(long)]
+    pub batch: Option<usize>,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum LikelihoodArg {
+    Dirac,
+    Gaussian,
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+pub enum FormatArg {
+    F32,
+    I16,
+    I24,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Separate { input, out, sampling, likelihood, constrained_source, gamma_coeff } => {
+            jobs::separate(&input, &out, &sampling, likelihood, &constrained_source, gamma_coeff)
+        }
+        Command::Generate { out, sampling, seconds, rate, channels } => jobs::generate(&out, &sampling, seconds, rate, channels),
+        Command::Impute { given, out, sampling } => jobs::impute(&given, &out, &sampling),
+        Command::Import { checkpoint, output, f16, window, force } => models::import(&checkpoint, &output, f16, window, force),
+        Command::Info { model, json } => models::info(model.as_deref(), json),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

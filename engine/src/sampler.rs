@@ -41,8 +41,9 @@ impl SamplerConfig {
 pub enum Posterior<'a> {
     /// Total generation from the joint prior.
     Prior,
-    /// Source imputation: `source` `[B, C, T]` holds the given stems; `mask[c]` is 1 for given stems.
-    Impute { source: &'a Tensor, mask: &'a [f32] },
+    /// Source imputation (inpainting over stems and time): `source` `[B, C, T]` holds the given
+    /// stems; `mask`, broadcastable to `[B, C, T]` (e.g. `[1, C, 1]`), is 1 where `source` is given.
+    Impute { source: &'a Tensor, mask: &'a Tensor },
     /// Dirac likelihood: the stem `constrained` is y − Σ of the others; `mixture` `[B, 1, T]`.
     Dirac { mixture: &'a Tensor, constrained: usize },
     /// Gaussian likelihood with γ(σ) = `gamma_coeff`·σ; `mixture` `[B, 1, T]`.
@@ -85,11 +86,14 @@ pub fn sample(
         bail!("the sampler needs at least one step and one resample");
     }
     let mask = match posterior {
-        Posterior::Impute { mask, .. } => {
-            if mask.len() != c {
-                bail!("imputation mask has {} entries for {c} stems", mask.len());
+        Posterior::Impute { mask, source } => {
+            if mask.rank() != 3 || mask.dim(1)? != c {
+                bail!("the imputation mask must be [B|1, {c}, T|1], got {:?}", mask.dims());
             }
-            Some(Tensor::from_vec(mask.to_vec(), (1, c, 1), device)?)
+            if source.dims() != shape {
+                bail!("the given stems are {:?}, the sampler state {shape:?}", source.dims());
+            }
+            Some((*mask).clone())
         }
         _ => None,
     };

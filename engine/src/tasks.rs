@@ -1,1 +1,585 @@
-//! (in progress)
+//! The three jobs on real audio, at any rate, channel count and length: separation, source
+//! imputation and total generation. Audio is resampled to 22,050 Hz, cut into the model's windows,
+//! run through the sampler and brought back to the input's rate, length and channel count.
+//!
+//! - Separation windows overlap and are cross-faded with complementary weights, so the stems of a
+//!   long file stay a partition of the mix (see [`crate::audio::windows`]).
+//! - Generation and imputation run windows one after another: each window takes the end of the
+//!   previous one as given (inpainting over time), so a long generated part is one continuous take.
+//! - Each channel of a stereo input is processed with the same seed (a centred mono source gives
+//!   identical left and right stems); `mono` downmixes first.
+//! - After Dirac separation the part of the input the model never saw (above 11,025 Hz, plus the
+//!   resampling error) is handed to the stems by [`crate::audio::distribute_residual`], so the
+//!   written stems sum to the input at every sample.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::audio::{self, AudioBuffer};
+use crate::model_file::Model;
+use crate::noise::{NoiseSource, SeededNoise};
+use crate::sampler::{self, Posterior, SamplerConfig};
+use crate::schedule::karras;
+use crate::separator::{self, Likelihood};
+use crate::MODEL_RATE;
+
+/// What to do.
+#[derive(Clone, Debug)]
+pub enum Job {
+    /// Split a mix into the model's stems.
+    Separate { mix: AudioBuffer },
+    /// Generate the stems marked `None`, fitting the given ones (one entry per stem, stem order).
+    /// A stem that must stay silent is given as silence.
+    Impute { given: Vec<Option<AudioBuffer>> },
+    /// Generate every stem from nothing.
+    Generate { seconds: f64, rate: u32, channels: usize },
+}
+
+/// Sampler settings of one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub steps: usize,
+    pub churn: f32,
+    pub resamples: usize,
+    pub sigma_min: f32,
+    pub sigma_max: f32,
+    pub rho: f32,
+    pub likelihood: Likelihood,
+    pub seed: u64,
+    /// Downmix to mono before processing.
+    pub mono: bool,
+    /// Windows (× channels) per network call in separation.
+    pub batch: usize,
+}
+
+impl Settings {
+    /// The released separation settings (`eval_msdm_dirac`): 150 steps, S_churn 20, 2 resamples,
+    /// σ ∈ [1e-4, 1], ρ 7, Dirac with bass constrained.
+    pub fn separation() -> Self {
+        Self {
+            steps: 150,
+            churn: 20.0,
+            resamples: 2,
+            sigma_min: 1e-4,
+            sigma_max: 1.0,
+            rho: 7.0,
+            likelihood: Likelihood::Dirac { constrained: 0 },
+            seed: 0,
+            mono: false,
+            batch: 4,
+        }
+    }
+
+    /// The released Gaussian separation settings (`eval_msdm_gaussian`): S_churn 40, γ = 0.75σ.
+    pub fn separation_gaussian() -> Self {
+        Self { churn: 40.0, likelihood: Likelihood::Gaussian { gamma_coeff: 0.75 }, ..Self::separation() }
+    }
+
+    /// The generation notebook's settings: 150 steps, S_churn 20, σ_max 20, no resamples.
+    pub fn generation() -> Self {
+        Self { steps: 150, churn: 20.0, resamples: 1, sigma_max: 20.0, ..Self::separation() }
+    }
+
+    /// The imputation notebook's settings: 256 steps, S_churn 10, σ_max 20, no resamples.
+    pub fn imputation() -> Self {
+        Self { steps: 256, churn: 10.0, resamples: 1, sigma_max: 20.0, ..Self::separation() }
+    }
+
+    /// Defaults for a job: the model file's own defaults for that job if it has them
+    /// (`meta.info.defaults.{separate,generate,impute}`), else the released settings.
+    pub fn for_job(job: &Job, model: &Model) -> Self {
+        let (key, base) = match job {
+            Job::Separate { .. } => ("separate", Self::separation()),
+            Job::Impute { .. } => ("impute", Self::imputation()),
+            Job::Generate { .. } => ("generate", Self::generation()),
+        };
+        model
+            .meta
+            .info
+            .get("defaults")
+            .and_then(|d| d.get(key))
+            .and_then(|v| serde_json::from_value::<Self>(v.clone()).ok())
+            .unwrap_or(base)
+    }
+
+    pub fn sampler_config(&self) -> SamplerConfig {
+        SamplerConfig {
+            sigmas: karras(self.steps, self.sigma_min, self.sigma_max, self.rho),
+            churn: self.churn,
+            resamples: self.resamples,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.resamples == 0 {
+            bail!("steps and resamples must be at least 1");
+        }
+        if !(self.sigma_min > 0.0 && self.sigma_max > self.sigma_min && self.rho > 0.0) {
+            bail!("need 0 < sigma_min < sigma_max and rho > 0");
+        }
+        if !(self.churn >= 0.0) {
+            bail!("churn must be ≥ 0");
+        }
+        Ok(())
+    }
+}
+
+/// Progress of a run in denoiser calls.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// The result: one buffer per stem at the job's rate, length and channel count.
+#[derive(Clone, Debug)]
+pub struct StemSet {
+    pub names: Vec<String>,
+    pub stems: Vec<AudioBuffer>,
+    /// Separation: max |input − Σ stems| over all samples and channels, as written.
+    pub residual_max: f32,
+    /// Separation: max |input − Σ stems| before the unseen band was handed to the stems.
+    pub unseen_max: f32,
+    pub seconds: f64,
+}
+
+/// Runs a job. `progress` is called after every denoiser call; returning `false` cancels the run
+/// (the error's message is `cancelled`).
+pub fn run(model: &Model, job: &Job, settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
+    settings.validate()?;
+    let started = Instant::now();
+    let mut out = match job {
+        Job::Separate { mix } => separate(model, mix, settings, progress)?,
+        Job::Impute { given } => impute(model, given, settings, progress)?,
+        Job::Generate { seconds, rate, channels } => {
+            if !(*seconds > 0.0 && seconds.is_finite()) || *seconds > 3600.0 {
+                bail!("generation length must be between 0 and 3600 seconds, got {seconds}");
+            }
+            if *rate < 8000 || *rate > 384_000 || *channels == 0 || *channels > 64 {
+                bail!("generation needs a rate in 8–384 kHz and 1–64 channels");
+            }
+            let frames = (seconds * *rate as f64).round() as usize;
+            let silence = AudioBuffer::new(*rate, vec![vec![0.0; frames]; *channels]);
+            let given = vec![None; model.config.in_channels];
+            run_sequential(model, &given, &silence, settings, progress)?
+        }
+    };
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Total denoiser calls a job will make (for progress and time estimates).
+pub fn planned_calls(model: &Model, job: &Job, settings: &Settings) -> usize {
+    let frames22 = |frames: usize, rate: u32| ((frames as f64) * MODEL_RATE as f64 / rate.max(1) as f64).round() as usize;
+    let per_window = settings.steps * settings.resamples;
+    let window = model.window();
+    match job {
+        Job::Separate { mix } => {
+            let ch = if settings.mono { 1 } else { mix.num_channels().max(1) };
+            let windows = audio::plan(frames22(mix.frames(), mix.rate), window, overlap(window)).len();
+            (windows * ch).div_ceil(settings.batch.max(1)) * per_window
+        }
+        Job::Impute { given } => {
+            let first = given.iter().flatten().next();
+            let (frames, rate, ch) = first.map_or((0, MODEL_RATE, 1), |g| (g.frames(), g.rate, g.num_channels()));
+            let ch = if settings.mono { 1 } else { ch };
+            audio::plan(frames22(frames, rate), window, overlap(window)).len() * per_window * usize::from(ch > 0)
+        }
+        Job::Generate { seconds, .. } => {
+            let frames = (seconds * MODEL_RATE as f64).round() as usize;
+            audio::plan(frames, window, overlap(window)).len() * per_window
+        }
+    }
+}
+
+/// A rough render-time estimate in seconds: planned calls × one timed call (measured once per
+/// model and batch size, then cached).
+pub fn predicted_seconds(model: &Model, job: &Job, settings: &Settings) -> f64 {
+    planned_calls(model, job, settings) as f64 * seconds_per_call(model).unwrap_or(f64::NAN)
+}
+
+fn seconds_per_call(model: &Model) -> Result<f64> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: Mutex<Option<HashMap<String, f64>>> = Mutex::new(None);
+    let id = model.id();
+    if let Some(s) = CACHE.lock().ok().and_then(|c| c.as_ref().and_then(|m| m.get(&id).copied())) {
+        return Ok(s);
+    }
+    let x = Tensor::zeros((1, model.config.in_channels, model.window()), candle_core::DType::F32, model.device())?;
+    use crate::denoiser::Denoiser;
+    model.denoiser.denoise(&x, 0.5)?; // warm-up
+    let t = Instant::now();
+    model.denoiser.denoise(&x, 0.5)?;
+    let s = t.elapsed().as_secs_f64();
+    if let Ok(mut c) = CACHE.lock() {
+        c.get_or_insert_with(HashMap::new).insert(id, s);
+    }
+    Ok(s)
+}
+
+/// Cross-fade length between separation windows: 1/8 of a window.
+fn overlap(window: usize) -> usize {
+    window / 8
+}
+
+/// Noise for a batch whose items have their own seeds: item b of every draw comes from the
+/// generator seeded with `seeds[b]` (items with equal seeds get equal noise).
+struct ItemNoise {
+    gens: Vec<SeededNoise>,
+}
+
+impl ItemNoise {
+    fn new(seeds: &[u64]) -> Self {
+        Self { gens: seeds.iter().map(|&s| SeededNoise::new(s)).collect() }
+    }
+}
+
+impl NoiseSource for ItemNoise {
+    fn draw(&mut self, n: usize) -> Result<Vec<f32>> {
+        let per = n / self.gens.len();
+        let mut v = Vec::with_capacity(n);
+        for g in &mut self.gens {
+            v.extend(g.standard_normal(per));
+        }
+        Ok(v)
+    }
+}
+
+/// The seed of window `w` of a run seeded with `seed` (SplitMix64 of both).
+fn window_seed(seed: u64, w: usize) -> u64 {
+    let mut z = seed.wrapping_add((w as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    z ^ (z >> 31)
+}
+
+fn check_audio(what: &str, a: &AudioBuffer) -> Result<()> {
+    if a.frames() == 0 || a.num_channels() == 0 {
+        bail!("{what} is empty: there is no audio to process");
+    }
+    if a.rate == 0 {
+        bail!("{what} has a sample rate of 0");
+    }
+    audio::validate_samples(a).with_context(|| format!("{what} holds invalid samples"))
+}
+
+/// The channels to process: the input's, or its mono downmix.
+fn working_channels(a: &AudioBuffer, mono: bool) -> Vec<Vec<f32>> {
+    if mono && a.num_channels() > 1 {
+        vec![a.to_mono()]
+    } else {
+        a.channels.clone()
+    }
+}
+
+fn to_model_rate(channels: &[Vec<f32>], rate: u32) -> Result<Vec<Vec<f32>>> {
+    audio::resample(channels, rate, MODEL_RATE)
+}
+
+/// Resamples model-rate signals to `rate` and pads/trims them to exactly `frames`.
+fn from_model_rate(channels: &[Vec<f32>], rate: u32, frames: usize) -> Result<Vec<Vec<f32>>> {
+    let mut out = audio::resample(channels, MODEL_RATE, rate)?;
+    for c in &mut out {
+        c.resize(frames, 0.0);
+    }
+    Ok(out)
+}
+
+fn separate(model: &Model, mix: &AudioBuffer, settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
+    check_audio("the mix", mix)?;
+    let device = model.device().clone();
+    let n_stems = model.config.in_channels;
+    let input = working_channels(mix, settings.mono);
+    let mix22 = to_model_rate(&input, mix.rate)?;
+    let len22 = mix22[0].len();
+    let window = model.window();
+    let plan = audio::plan(len22, window, overlap(window));
+    // items: (window, channel)
+    let items: Vec<(usize, usize)> = (0..plan.len()).flat_map(|w| (0..input.len()).map(move |c| (w, c))).collect();
+    let batch = settings.batch.max(1);
+    let config = settings.sampler_config();
+    let total = items.len().div_ceil(batch) * config.calls();
+    let mut done_before = 0;
+    // outputs[channel][window][stem][sample]
+    let mut outputs = vec![vec![Vec::new(); plan.len()]; input.len()];
+    for chunk in items.chunks(batch) {
+        let mut data = Vec::with_capacity(chunk.len() * window);
+        for &(w, c) in chunk {
+            data.extend(plan.extract(&mix22[c], w));
+        }
+        let y = Tensor::from_vec(data, (chunk.len(), 1, window), &device)?;
+        let seeds: Vec<u64> = chunk.iter().map(|&(w, _)| window_seed(settings.seed, w)).collect();
+        let mut noise = ItemNoise::new(&seeds);
+        let mut cb = |d: usize, _t: usize| progress(Progress { done: done_before + d, total });
+        let x = separator::separate(&model.denoiser, &y, settings.likelihood, &config, &mut noise, &mut cb)?;
+        done_before += config.calls();
+        let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
+        for (&(w, c), stems) in chunk.iter().zip(x) {
+            outputs[c][w] = stems;
+        }
+    }
+    // join windows, back to the input rate, hand over the unseen band
+    let frames = mix.frames();
+    let mut per_stem: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(input.len()); n_stems];
+    let (mut residual_max, mut unseen_max) = (0f32, 0f32);
+    for (c, windows) in outputs.iter().enumerate() {
+        let stems22 = plan.overlap_add(windows, len22);
+        let mut stems = from_model_rate(&stems22, mix.rate, frames)?;
+        let target = &input[c];
+        let reference: Vec<f32> = match settings.likelihood {
+            // Dirac: the stems must sum to the input.
+            Likelihood::Dirac { .. } => target.clone(),
+            // Gaussian: keep the model's own (soft) consistency; add only what it never saw.
+            Likelihood::Gaussian { .. } => {
+                let seen = from_model_rate(&mix22[c..c + 1], mix.rate, frames)?.remove(0);
+                let sum = sum_channels(&stems);
+                (0..frames).map(|i| sum[i] + target[i] - seen[i]).collect()
+            }
+        };
+        unseen_max = unseen_max.max(max_abs_diff(target, &sum_channels(&stems)));
+        audio::distribute_residual(&mut stems, &reference, 2048);
+        residual_max = residual_max.max(max_abs_diff(target, &sum_channels(&stems)));
+        for (s, sig) in stems.into_iter().enumerate() {
+            per_stem[s].push(sig);
+        }
+    }
+    Ok(StemSet {
+        names: model.meta.stems.clone(),
+        stems: per_stem.into_iter().map(|ch| AudioBuffer::new(mix.rate, ch)).collect(),
+        residual_max,
+        unseen_max,
+        seconds: 0.0,
+    })
+}
+
+fn sum_channels(stems: &[Vec<f32>]) -> Vec<f32> {
+    let mut s = vec![0f32; stems.first().map_or(0, Vec::len)];
+    for st in stems {
+        for (a, b) in s.iter_mut().zip(st) {
+            *a += b;
+        }
+    }
+    s
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn impute(model: &Model, given: &[Option<AudioBuffer>], settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
+    let n = model.config.in_channels;
+    if given.len() != n {
+        bail!("imputation needs one entry per stem ({n}), got {}", given.len());
+    }
+    let present: Vec<&AudioBuffer> = given.iter().flatten().collect();
+    if present.is_empty() {
+        bail!("imputation needs at least one given stem (to generate everything, use generate)");
+    }
+    if present.len() == n {
+        bail!("every stem is given: there is nothing to generate");
+    }
+    for (i, g) in given.iter().enumerate() {
+        if let Some(g) = g {
+            check_audio(&format!("the given {} stem", model.meta.stems[i]), g)?;
+        }
+    }
+    // The output takes the first given stem's rate; the channel count and length are the largest.
+    let rate = present[0].rate;
+    let channels = present.iter().map(|g| g.num_channels()).max().unwrap_or(1);
+    let mut aligned: Vec<Option<AudioBuffer>> = Vec::with_capacity(n);
+    for g in given {
+        aligned.push(match g {
+            None => None,
+            Some(g) => {
+                let ch = if g.rate == rate { g.channels.clone() } else { audio::resample(&g.channels, g.rate, rate)? };
+                // mono given stems are spread to every channel
+                let ch = if ch.len() == channels { ch } else { vec![AudioBuffer::new(rate, ch).to_mono(); channels] };
+                Some(AudioBuffer::new(rate, ch))
+            }
+        });
+    }
+    let frames = aligned.iter().flatten().map(|g| g.frames()).max().unwrap_or(0);
+    for g in aligned.iter_mut().flatten() {
+        for c in &mut g.channels {
+            c.resize(frames, 0.0);
+        }
+    }
+    let shape = AudioBuffer::new(rate, vec![vec![0.0; frames]; channels]);
+    let mut out = run_sequential(model, &aligned, &shape, settings, progress)?;
+    // Given stems come back exactly as given.
+    for (i, g) in aligned.into_iter().enumerate() {
+        if let Some(g) = g {
+            out.stems[i] = if settings.mono && g.num_channels() > 1 {
+                AudioBuffer::new(rate, vec![g.to_mono()])
+            } else {
+                g
+            };
+        }
+    }
+    Ok(out)
+}
+
+/// Generation and imputation over windows in sequence: each window after the first takes the
+/// previous window's last `overlap` samples as given for every stem (inpainting over time).
+/// `shape` gives the output rate, channel count and length.
+fn run_sequential(
+    model: &Model,
+    given: &[Option<AudioBuffer>],
+    shape: &AudioBuffer,
+    settings: &Settings,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<StemSet> {
+    let device = model.device().clone();
+    let n = model.config.in_channels;
+    let rate = shape.rate;
+    let channels = if settings.mono { 1 } else { shape.num_channels() };
+    // given stems at the model rate: given22[stem][channel]
+    let given22: Vec<Option<Vec<Vec<f32>>>> = given
+        .iter()
+        .map(|g| g.as_ref().map(|g| to_model_rate(&working_channels(g, settings.mono), rate)).transpose())
+        .collect::<Result<_>>()?;
+    let len22 = ((shape.frames() as f64) * MODEL_RATE as f64 / rate as f64).round() as usize;
+    let window = model.window();
+    let ov = window / 4;
+    let plan = audio::plan(len22.max(1), window, ov);
+    let config = settings.sampler_config();
+    let total = plan.len() * config.calls();
+    // result22[stem][channel]
+    let mut result22 = vec![vec![vec![0f32; len22]; channels]; n];
+    for (w, &start) in plan.starts.iter().enumerate() {
+        // source [channels, n, window] and mask [channels, n, window]
+        let mut source = vec![0f32; channels * n * window];
+        let mut mask = vec![0f32; channels * n * window];
+        for c in 0..channels {
+            for s in 0..n {
+                let base = (c * n + s) * window;
+                for t in 0..window {
+                    let i = start + t;
+                    if let Some(g) = &given22[s] {
+                        source[base + t] = g[c].get(i).copied().unwrap_or(0.0);
+                        mask[base + t] = 1.0;
+                    } else if w > 0 && t < ov && i < len22 {
+                        source[base + t] = result22[s][c][i];
+                        mask[base + t] = 1.0;
+                    }
+                }
+            }
+        }
+        let source = Tensor::from_vec(source, (channels, n, window), &device)?;
+        let mask = Tensor::from_vec(mask, (channels, n, window), &device)?;
+        let seeds = vec![window_seed(settings.seed, w); channels];
+        let mut noise = ItemNoise::new(&seeds);
+        let mut cb = |d: usize, _t: usize| progress(Progress { done: w * config.calls() + d, total });
+        let posterior = if given22.iter().all(Option::is_none) && w == 0 {
+            Posterior::Prior
+        } else {
+            Posterior::Impute { source: &source, mask: &mask }
+        };
+        let x = sampler::sample(&model.denoiser, [channels, n, window], &device, &config, &posterior, &mut noise, &mut cb)?;
+        let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
+        for (c, stems) in x.into_iter().enumerate() {
+            for (s, sig) in stems.into_iter().enumerate() {
+                let from = if w > 0 { ov } else { 0 };
+                for t in from..window {
+                    if start + t < len22 {
+                        result22[s][c][start + t] = sig[t];
+                    }
+                }
+            }
+        }
+    }
+    let stems = result22
+        .iter()
+        .map(|ch| Ok(AudioBuffer::new(rate, from_model_rate(ch, rate, shape.frames())?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(StemSet { names: model.meta.stems.clone(), stems, residual_max: 0.0, unseen_max: 0.0, seconds: 0.0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+
+    fn quick(settings: Settings) -> Settings {
+        Settings { steps: 3, ..settings }
+    }
+
+    fn tiny_model() -> Model {
+        let mut m = Model::random(ModelConfig::tiny(), 1, &Device::Cpu).unwrap();
+        m.meta.window = 1024;
+        m
+    }
+
+    fn tone(rate: u32, frames: usize, channels: usize) -> AudioBuffer {
+        let ch = (0..channels)
+            .map(|c| (0..frames).map(|i| 0.3 * ((i as f32 * 0.01 * (c + 1) as f32).sin())).collect())
+            .collect();
+        AudioBuffer::new(rate, ch)
+    }
+
+    #[test]
+    fn separation_keeps_rate_length_channels_and_sums_to_the_mix() {
+        let m = tiny_model();
+        let mix = tone(44_100, 5000, 2);
+        let out = run(&m, &Job::Separate { mix: mix.clone() }, &quick(Settings::separation()), &mut |_| true).unwrap();
+        assert_eq!(out.stems.len(), 4);
+        for s in &out.stems {
+            assert_eq!((s.rate, s.num_channels(), s.frames()), (44_100, 2, 5000));
+        }
+        for c in 0..2 {
+            for i in 0..5000 {
+                let sum: f32 = out.stems.iter().map(|s| s.channels[c][i]).sum();
+                assert!((sum - mix.channels[c][i]).abs() <= 1e-4);
+            }
+        }
+        assert!(out.residual_max <= 1e-4);
+    }
+
+    #[test]
+    fn same_seed_same_stems_and_identical_channels_match() {
+        let m = tiny_model();
+        let mono = tone(22_050, 3000, 1);
+        let stereo = AudioBuffer::new(22_050, vec![mono.channels[0].clone(), mono.channels[0].clone()]);
+        let s = quick(Settings::separation());
+        let a = run(&m, &Job::Separate { mix: stereo.clone() }, &s, &mut |_| true).unwrap();
+        let b = run(&m, &Job::Separate { mix: stereo }, &s, &mut |_| true).unwrap();
+        assert_eq!(a.stems[1].channels, b.stems[1].channels);
+        assert_eq!(a.stems[1].channels[0], a.stems[1].channels[1]);
+        let c = run(&m, &Job::Separate { mix: mono }, &Settings { seed: 9, ..s }, &mut |_| true).unwrap();
+        assert_ne!(c.stems[1].channels[0], a.stems[1].channels[0]);
+    }
+
+    #[test]
+    fn imputation_returns_given_stems_unchanged_and_generation_has_the_asked_length() {
+        let m = tiny_model();
+        let drums = tone(48_000, 6000, 2);
+        let given = vec![None, Some(drums.clone()), None, None];
+        let out = run(&m, &Job::Impute { given }, &quick(Settings::imputation()), &mut |_| true).unwrap();
+        assert_eq!(out.stems[1], drums);
+        assert_eq!((out.stems[0].rate, out.stems[0].frames(), out.stems[0].num_channels()), (48_000, 6000, 2));
+        let g = run(&m, &Job::Generate { seconds: 0.2, rate: 44_100, channels: 1 }, &quick(Settings::generation()), &mut |_| true)
+            .unwrap();
+        assert_eq!(g.stems[0].frames(), 8820);
+        assert!(g.stems.iter().all(|s| s.channels[0].iter().all(|x| x.is_finite())));
+    }
+
+    #[test]
+    fn cancel_and_bad_input_give_clear_errors() {
+        let m = tiny_model();
+        let mix = tone(22_050, 2000, 1);
+        let err = run(&m, &Job::Separate { mix: mix.clone() }, &quick(Settings::separation()), &mut |p| p.done < 2).unwrap_err();
+        assert!(err.to_string().contains("cancelled"));
+        let mut bad = mix.clone();
+        bad.channels[0][100] = f32::NAN;
+        let err = format!("{:#}", run(&m, &Job::Separate { mix: bad }, &quick(Settings::separation()), &mut |_| true).unwrap_err());
+        assert!(err.contains("invalid") || err.contains("NaN"), "{err}");
+        let empty = AudioBuffer::new(22_050, vec![vec![]]);
+        assert!(run(&m, &Job::Separate { mix: empty }, &Settings::separation(), &mut |_| true).is_err());
+        let all_given = vec![Some(mix.clone()), Some(mix.clone()), Some(mix.clone()), Some(mix)];
+        assert!(run(&m, &Job::Impute { given: all_given }, &Settings::imputation(), &mut |_| true).is_err());
+    }
+}

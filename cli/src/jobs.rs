@@ -1,0 +1,168 @@
+//! `msdm separate`, `generate` and `impute`: thin shells over `msdm::tasks`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use msdm::audio::{self, AudioBuffer, OutputPolicy, SampleFormat};
+use msdm::model_file::{bundled_model_path, Model};
+use msdm::separator::Likelihood;
+use msdm::tasks::{self, Job, Settings};
+
+use crate::{FormatArg, LikelihoodArg, OutputArgs, SamplingArgs};
+
+/// Loads `--model`, or the bundled default model.
+pub fn load_model(path: Option<&Path>, device: &str) -> Result<Model> {
+    let device = msdm::device::select(device)?;
+    let path: PathBuf = match path {
+        Some(p) => p.to_path_buf(),
+        None => bundled_model_path().context(
+            "no model given and the bundled default model (assets/msdm-small.safetensors) is not there: \
+             pass --model FILE (e.g. one made with `msdm import CKPT -o FILE`) or set MSDM_MODEL",
+        )?,
+    };
+    Model::load(&path, &device)
+}
+
+fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
+    Settings {
+        steps: s.steps.unwrap_or(base.steps),
+        churn: s.churn.unwrap_or(base.churn),
+        resamples: s.resamples.unwrap_or(base.resamples),
+        sigma_max: s.sigma_max.unwrap_or(base.sigma_max),
+        batch: s.batch.unwrap_or(base.batch),
+        seed: s.seed,
+        mono,
+        ..base
+    }
+}
+
+fn format(f: FormatArg) -> SampleFormat {
+    match f {
+        FormatArg::F32 => SampleFormat::F32,
+        FormatArg::I16 => SampleFormat::I16,
+        FormatArg::I24 => SampleFormat::I24,
+    }
+}
+
+/// Runs `job` once per take and writes the stems.
+fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) -> Result<()> {
+    if out.takes == 0 {
+        bail!("--takes must be at least 1");
+    }
+    let names: Vec<String> = model.meta.stems.iter().map(|s| format!("{s}.wav")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let policy = if out.force { OutputPolicy::Overwrite } else { OutputPolicy::Refuse };
+    // Check every destination before computing anything.
+    let dirs: Vec<PathBuf> = (0..out.takes)
+        .map(|k| if out.takes == 1 { out.output.clone() } else { out.output.join(format!("take-{}", k + 1)) })
+        .collect();
+    for d in &dirs {
+        audio::ensure_output_dir(d, &name_refs, policy)?;
+    }
+    eprintln!(
+        "model {} ({} parameters) on {}; {} steps x {} resamples, churn {}, seed {}",
+        model.id(),
+        model.parameter_count(),
+        msdm::device::describe(model.device()),
+        settings.steps,
+        settings.resamples,
+        settings.churn,
+        settings.seed
+    );
+    for (k, dir) in dirs.iter().enumerate() {
+        let s = Settings { seed: settings.seed + k as u64, ..settings.clone() };
+        let pb = crate::progress::bar(out.quiet, if out.takes > 1 { "take" } else { "sampling" });
+        let result = tasks::run(model, job, &s, &mut |p| {
+            pb.set_length(p.total as u64);
+            pb.set_position(p.done as u64);
+            true
+        });
+        pb.finish_and_clear();
+        let set = result?;
+        let paths = audio::ensure_output_dir(dir, &name_refs, policy)?;
+        for (stem, path) in set.stems.iter().zip(&paths) {
+            audio::write_wav(path, stem, format(out.format))?;
+        }
+        println!("wrote {} stems to {} in {:.1} s (seed {})", set.stems.len(), dir.display(), set.seconds, s.seed);
+        if matches!(job, Job::Separate { .. }) {
+            println!(
+                "residual |mix - sum of stems|: max {:.2e} as written ({:.2e} before the band above 11,025 Hz was handed to the stems)",
+                set.residual_max, set.unseen_max
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn separate(
+    input: &Path,
+    out: &OutputArgs,
+    sampling: &SamplingArgs,
+    likelihood: LikelihoodArg,
+    constrained: &str,
+    gamma_coeff: f32,
+) -> Result<()> {
+    let mix = audio::read_audio(input)?;
+    let model = load_model(out.model.as_deref(), &out.device)?;
+    let job = Job::Separate { mix };
+    let stems = &model.meta.stems;
+    let c = match constrained.parse::<usize>() {
+        Ok(i) if i < stems.len() => i,
+        Ok(i) => bail!("--constrained-source {i}: the model has stems 0..{}", stems.len() - 1),
+        Err(_) => stems.iter().position(|s| s == constrained).with_context(|| {
+            format!("--constrained-source '{constrained}' is not one of the model's stems ({})", stems.join(", "))
+        })?,
+    };
+    let base = match likelihood {
+        LikelihoodArg::Dirac => {
+            let b = Settings::for_job(&job, &model);
+            Settings { likelihood: Likelihood::Dirac { constrained: c }, ..b }
+        }
+        LikelihoodArg::Gaussian => {
+            let b = Settings::for_job(&job, &model);
+            let g = Settings::separation_gaussian();
+            Settings { likelihood: Likelihood::Gaussian { gamma_coeff }, churn: if b == Settings::separation() { g.churn } else { b.churn }, ..b }
+        }
+    };
+    run_takes(&model, &job, &settings(base, sampling, out.mono), out)
+}
+
+pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u32, channels: usize) -> Result<()> {
+    let model = load_model(out.model.as_deref(), &out.device)?;
+    let job = Job::Generate { seconds, rate, channels };
+    let base = Settings::for_job(&job, &model);
+    run_takes(&model, &job, &settings(base, sampling, out.mono), out)
+}
+
+pub fn impute(given: &[String], out: &OutputArgs, sampling: &SamplingArgs) -> Result<()> {
+    let model = load_model(out.model.as_deref(), &out.device)?;
+    let stems = &model.meta.stems;
+    let mut files: Vec<Option<AudioBuffer>> = vec![None; stems.len()];
+    let mut silent = Vec::new();
+    for g in given {
+        let (name, file) = g
+            .split_once('=')
+            .with_context(|| format!("--given '{g}': expected NAME=FILE, e.g. --given drums=drums.wav"))?;
+        let i = stems
+            .iter()
+            .position(|s| s == name)
+            .with_context(|| format!("--given '{g}': '{name}' is not one of the model's stems ({})", stems.join(", ")))?;
+        if files[i].is_some() || silent.contains(&i) {
+            bail!("--given: stem '{name}' is given twice");
+        }
+        if file == "silence" {
+            silent.push(i);
+        } else {
+            files[i] = Some(audio::read_audio(Path::new(file))?);
+        }
+    }
+    let Some(first) = files.iter().flatten().next().cloned() else {
+        bail!("impute needs at least one --given NAME=FILE with audio (silence alone gives no length)");
+    };
+    for i in silent {
+        files[i] = Some(AudioBuffer::new(first.rate, vec![vec![0.0; first.frames()]; first.num_channels()]));
+    }
+    let job = Job::Impute { given: files };
+    let base = Settings::for_job(&job, &model);
+    run_takes(&model, &job, &settings(base, sampling, out.mono), out)
+}
