@@ -3,9 +3,11 @@
 
 /// σ_i = (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for i < N, then σ_N = 0.
 pub fn karras(steps: usize, sigma_min: f32, sigma_max: f32, rho: f32) -> Vec<f32> {
-    let rho_inv = 1.0f32 / rho;
-    let a = sigma_max.powf(rho_inv);
-    let b = sigma_min.powf(rho_inv) - a;
+    // The reference's scalars are Python floats (f64), rounded to f32 when they meet the f32 steps.
+    let rho_inv = 1.0f64 / rho as f64;
+    let a64 = (sigma_max as f64).powf(rho_inv);
+    let b = ((sigma_min as f64).powf(rho_inv) - a64) as f32;
+    let a = a64 as f32;
     let denom = steps.saturating_sub(1) as f32;
     let mut s: Vec<f32> = (0..steps)
         .map(|i| {

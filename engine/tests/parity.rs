@@ -16,8 +16,8 @@ use msdm::separator::{separate, Likelihood};
 
 fn fixture_dirs() -> Vec<PathBuf> {
     let mut roots = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parity")];
-    if let Ok(extra) = std::env::var("MSDM_PARITY_DIR") {
-        roots.push(PathBuf::from(extra));
+    if let Some(extra) = std::env::var_os("MSDM_PARITY_DIR") {
+        roots.extend(std::env::split_paths(&extra));
     }
     let mut dirs = Vec::new();
     for root in roots {
