@@ -1,0 +1,142 @@
+//! Writing WAV files safely.
+//!
+//! [`write_wav`] writes to a temporary file in the destination directory and renames it into
+//! place, so a crash or a full disk never leaves a half-written file under the final name.
+//! [`ensure_output_dir`] creates the output directory and, unless told to overwrite, refuses to
+//! touch stem files that already exist, so nothing the user made is lost.
+
+use super::AudioBuffer;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Sample encoding of written WAV files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SampleFormat {
+    /// 32-bit IEEE float (lossless for our `f32` samples; values beyond ±1 are kept).
+    #[default]
+    F32,
+    /// 16-bit integer, rounded, values beyond ±1 clipped.
+    I16,
+    /// 24-bit integer, rounded, values beyond ±1 clipped.
+    I24,
+}
+
+/// What to do when an output file already exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputPolicy {
+    /// Refuse with an error that lists the existing files (default).
+    #[default]
+    Refuse,
+    /// Replace existing files.
+    Overwrite,
+}
+
+/// Creates `dir` (and parents) if needed and returns `dir/name` for each name.
+///
+/// With [`OutputPolicy::Refuse`], fails before anything is written if any of those files
+/// already exists, naming them and suggesting how to proceed.
+pub fn ensure_output_dir(dir: &Path, names: &[&str], policy: OutputPolicy) -> Result<Vec<PathBuf>> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "output path {} exists and is not a directory; choose a folder",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    if policy == OutputPolicy::Refuse {
+        let existing: Vec<String> = paths
+            .iter()
+            .filter(|p| p.exists())
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        if !existing.is_empty() {
+            bail!(
+                "refusing to overwrite existing file(s) {} in {}; choose another output folder \
+                 or ask to overwrite (--overwrite)",
+                existing.join(", "),
+                dir.display()
+            );
+        }
+    }
+    Ok(paths)
+}
+
+/// Writes `audio` as a WAV file, atomically (temporary file + rename in the same directory).
+///
+/// Refuses empty channel lists, channels of different lengths and non-finite samples.
+/// An existing file at `path` is replaced: guard stem files with [`ensure_output_dir`] first.
+pub fn write_wav(path: &Path, audio: &AudioBuffer, format: SampleFormat) -> Result<()> {
+    let shown = path.display();
+    let n_ch = audio.num_channels();
+    if n_ch == 0 || n_ch > u16::MAX as usize {
+        bail!("cannot write {shown}: {n_ch} channels (need 1 to 65535)");
+    }
+    if audio.rate == 0 {
+        bail!("cannot write {shown}: sample rate is 0");
+    }
+    let frames = audio.frames();
+    if audio.channels.iter().any(|c| c.len() != frames) {
+        bail!("cannot write {shown}: channels have different lengths");
+    }
+    super::validate_samples(audio).with_context(|| format!("cannot write {shown}"))?;
+
+    let (bits, sample_format) = match format {
+        SampleFormat::F32 => (32, hound::SampleFormat::Float),
+        SampleFormat::I16 => (16, hound::SampleFormat::Int),
+        SampleFormat::I24 => (24, hound::SampleFormat::Int),
+    };
+    let spec = hound::WavSpec {
+        channels: n_ch as u16,
+        sample_rate: audio.rate,
+        bits_per_sample: bits,
+        sample_format,
+    };
+    let tmp = temp_path(path);
+    let result = write_samples(&tmp, spec, audio, format).and_then(|()| {
+        std::fs::rename(&tmp, path).context("cannot move the finished file in place")
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {shown}"))
+}
+
+fn write_samples(
+    tmp: &Path,
+    spec: hound::WavSpec,
+    audio: &AudioBuffer,
+    format: SampleFormat,
+) -> Result<()> {
+    let mut writer = hound::WavWriter::create(tmp, spec)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    // Same scale as the decoder (full scale = 2^(bits-1)), so integer samples round-trip exactly.
+    let int = |x: f32, scale: f32| (x * scale).round().clamp(-scale, scale - 1.0) as i32;
+    for i in 0..audio.frames() {
+        for ch in &audio.channels {
+            let x = ch[i];
+            match format {
+                SampleFormat::F32 => writer.write_sample(x)?,
+                SampleFormat::I16 => writer.write_sample(int(x, 32768.0) as i16)?,
+                SampleFormat::I24 => writer.write_sample(int(x, 8_388_608.0))?,
+            }
+        }
+    }
+    writer.finalize()?;
+    Ok(())
+}
+
+/// `dir/.name.tmp-<pid>`: same directory (so rename is atomic), hidden, unique per process.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
