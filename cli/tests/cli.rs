@@ -1,0 +1,166 @@
+//! End-to-end runs of the `msdm` binary on real audio files, with a model imported from a
+//! reference fixture checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use msdm::audio::{read_audio, write_wav, AudioBuffer, SampleFormat};
+
+fn msdm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msdm"))
+        .args(args)
+        .env("MSDM_MODEL", "/nonexistent/msdm-model.safetensors")
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("run msdm")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = msdm(args);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "msdm {args:?} failed:\n{text}");
+    text
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = msdm(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "msdm {args:?} should have failed");
+    assert!(err.starts_with("error: "), "no clear error: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    err
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A model imported from the 4-stem parity fixture checkpoint.
+fn fixture_model(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny4.safetensors");
+    let ckpt = repo().join("tests/fixtures/parity/msdm_tiny4/model.ckpt");
+    let text = ok(&["import", ckpt.to_str().unwrap(), "-o", model.to_str().unwrap()]);
+    assert!(text.contains("859084 parameters"), "{text}");
+    model
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn separate_a_44k1_stereo_wav_into_stems_that_sum_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_model(tmp.path());
+    let input = repo().join("tests/fixtures/audio/sine_44k1_stereo_i16.wav");
+    let out = tmp.path().join("stems");
+    let text = ok(&["separate", s(&input), "-o", s(&out), "--model", s(&model), "--steps", "4", "-q"]);
+    assert!(text.contains("residual"), "the command reports the residual: {text}");
+    let mix = read_audio(&input).unwrap();
+    let stems: Vec<AudioBuffer> =
+        ["bass", "drums", "guitar", "piano"].iter().map(|n| read_audio(&out.join(format!("{n}.wav"))).unwrap()).collect();
+    let mut worst = 0f32;
+    for st in &stems {
+        assert_eq!((st.rate, st.num_channels(), st.frames()), (mix.rate, mix.num_channels(), mix.frames()));
+    }
+    for c in 0..mix.num_channels() {
+        for i in 0..mix.frames() {
+            let sum: f32 = stems.iter().map(|st| st.channels[c][i]).sum();
+            worst = worst.max((sum - mix.channels[c][i]).abs());
+        }
+    }
+    assert!(worst <= 1e-4, "stems sum to the mix within {worst}");
+    // the stems are not trivially the mix split in four
+    let quarter: f32 = mix.channels[0].iter().zip(&stems[1].channels[0]).map(|(m, d)| (m / 4.0 - d).abs()).fold(0.0, f32::max);
+    assert!(quarter > 1e-3);
+
+    // Existing stems are never overwritten without --force, and stay untouched.
+    let before = std::fs::read(out.join("bass.wav")).unwrap();
+    let err = fails(&["separate", s(&input), "-o", s(&out), "--model", s(&model), "--steps", "2", "--seed", "5", "-q"]);
+    assert!(err.contains("exist"), "{err}");
+    assert_eq!(std::fs::read(out.join("bass.wav")).unwrap(), before);
+    ok(&["separate", s(&input), "-o", s(&out), "--model", s(&model), "--steps", "2", "--seed", "5", "-q", "--force"]);
+    assert_ne!(std::fs::read(out.join("bass.wav")).unwrap(), before);
+}
+
+#[test]
+fn impute_and_generate_with_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_model(tmp.path());
+    let drums = repo().join("tests/fixtures/audio/sine_48k_mono.flac");
+    let out = tmp.path().join("imp");
+    ok(&[
+        "impute", "--given", &format!("drums={}", s(&drums)), "--given", "piano=silence", "-o", s(&out), "--model", s(&model),
+        "--steps", "3", "--takes", "2", "-q",
+    ]);
+    let given = read_audio(&drums).unwrap();
+    for take in ["take-1", "take-2"] {
+        let d = read_audio(&out.join(take).join("drums.wav")).unwrap();
+        assert_eq!(d, given, "a given stem comes back unchanged");
+        let p = read_audio(&out.join(take).join("piano.wav")).unwrap();
+        assert!(p.channels[0].iter().all(|&x| x == 0.0), "a silent stem stays silent");
+    }
+    let b1 = read_audio(&out.join("take-1/bass.wav")).unwrap();
+    let b2 = read_audio(&out.join("take-2/bass.wav")).unwrap();
+    assert_eq!(b1.frames(), given.frames());
+    assert_ne!(b1, b2, "takes use different seeds");
+
+    let gen = tmp.path().join("gen");
+    ok(&["generate", "-o", s(&gen), "--model", s(&model), "--seconds", "0.5", "--rate", "48000", "--steps", "3", "-q"]);
+    let g = read_audio(&gen.join("guitar.wav")).unwrap();
+    assert_eq!((g.rate, g.frames()), (48_000, 24_000));
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = repo().join("tests/fixtures/audio");
+    let out = tmp.path().join("o");
+    // no model at all
+    let err = fails(&["separate", s(&fx.join("sine_44k1_stereo_i16.wav")), "-o", s(&out)]);
+    assert!(err.contains("bundled default model") && err.contains("--model"), "{err}");
+    let model = fixture_model(tmp.path());
+    let m = s(&model);
+    // unreadable, truncated, empty and missing audio
+    for (file, needle) in [("garbage.wav", "format"), ("truncated.wav", "truncated"), ("empty.wav", "no audio samples"), ("missing.wav", "")]
+    {
+        let err = fails(&["separate", s(&fx.join(file)), "-o", s(&out), "--model", m]);
+        assert!(err.contains(file) && err.contains(needle), "{file}: {err}");
+    }
+    // NaN samples
+    let nan = tmp.path().join("nan.wav");
+    let a = AudioBuffer::new(22_050, vec![vec![0.1; 2000]]);
+    write_wav(&nan, &a, SampleFormat::F32).unwrap();
+    let mut bytes = std::fs::read(&nan).unwrap();
+    let n = bytes.len();
+    bytes[n - 400..n - 396].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&nan, bytes).unwrap();
+    let err = fails(&["separate", s(&nan), "-o", s(&out), "--model", m]);
+    assert!(err.contains("NaN"), "{err}");
+    // a model file that is not a model, and weights that do not fit their config
+    let junk = tmp.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let err = fails(&["info", s(&junk)]);
+    assert!(err.contains("not a safetensors file"), "{err}");
+    // bad option values
+    let err = fails(&["impute", "--given", "vocals=x.wav", "-o", s(&out), "--model", m]);
+    assert!(err.contains("vocals") && err.contains("bass, drums, guitar, piano"), "{err}");
+    let err = fails(&["separate", s(&fx.join("sine_44k1_stereo_i16.wav")), "-o", s(&out), "--model", m, "--constrained-source", "7"]);
+    assert!(err.contains("constrained"), "{err}");
+    assert!(!out.join("bass.wav").exists(), "nothing is written on errors");
+}
+
+#[test]
+fn info_and_import_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_model(tmp.path());
+    let text = ok(&["info", s(&model), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["parameters"], 859084);
+    assert_eq!(v["config"]["attentions"], serde_json::json!([false, true, true]));
+    // import refuses to replace a file, and refuses non-checkpoints
+    let err = fails(&["import", s(&repo().join("tests/fixtures/parity/msdm_tiny4/model.ckpt")), "-o", s(&model)]);
+    assert!(err.contains("--force"), "{err}");
+    let err = fails(&["import", s(&repo().join("tests/fixtures/audio/garbage.wav")), "-o", s(&tmp.path().join("x.safetensors"))]);
+    assert!(err.contains("zip"), "{err}");
+}
