@@ -1,0 +1,184 @@
+//! Audio-thread side of the capture: copies the input, keyed to the host timeline, into
+//! preallocated chunks and hands full chunks to the worker. No allocation, no blocking.
+
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::shared::Shared;
+
+/// Frames per chunk.
+pub const CHUNK_FRAMES: usize = 4096;
+/// Main input L/R, then the four stem sidechains L/R in stem order.
+pub const CAPTURE_CHANNELS: usize = 10;
+/// Chunks in the pool (about 2.7 s of backlog at 48 kHz; the worker returns them within ms).
+pub const POOL_CHUNKS: usize = 32;
+
+/// A run of contiguous captured frames starting at timeline position `start`.
+pub struct Chunk {
+    pub start: i64,
+    pub len: usize,
+    pub rate: u32,
+    /// Tempo and beats per bar reported by the host while this chunk was captured.
+    pub tempo: Option<f64>,
+    pub beats_per_bar: Option<f64>,
+    /// Planar: channel `c` occupies `data[c * CHUNK_FRAMES..][..CHUNK_FRAMES]`.
+    pub data: Box<[f32]>,
+}
+
+impl Chunk {
+    pub fn new() -> Box<Chunk> {
+        Box::new(Chunk {
+            start: 0,
+            len: 0,
+            rate: 0,
+            tempo: None,
+            beats_per_bar: None,
+            data: vec![0.0; CHUNK_FRAMES * CAPTURE_CHANNELS].into_boxed_slice(),
+        })
+    }
+
+    pub fn channel(&self, c: usize) -> &[f32] {
+        &self.data[c * CHUNK_FRAMES..c * CHUNK_FRAMES + self.len]
+    }
+}
+
+/// Messages from the audio thread to the worker.
+pub enum ToWorker {
+    Chunk(Box<Chunk>),
+    /// The transport stopped while capturing: the pass is over.
+    Stopped,
+}
+
+/// Host timing information for one block.
+#[derive(Clone, Copy)]
+pub struct BlockTime {
+    pub playing: bool,
+    pub pos: Option<i64>,
+    pub rate: u32,
+    pub tempo: Option<f64>,
+    pub beats_per_bar: Option<f64>,
+}
+
+/// Audio-thread capture state.
+#[derive(Default)]
+pub struct Recorder {
+    current: Option<Box<Chunk>>,
+    next_pos: Option<i64>,
+    capturing: bool,
+}
+
+impl Recorder {
+    /// Records one block. `inputs[c]` are the capture channels (main L/R, sidechains); a missing
+    /// channel is `None` and recorded as silence (a mono main input is duplicated).
+    pub fn record(
+        &mut self,
+        shared: &Shared,
+        to_worker: &Sender<ToWorker>,
+        free: &Receiver<Box<Chunk>>,
+        time: BlockTime,
+        inputs: &[Option<&[f32]>; CAPTURE_CHANNELS],
+        frames: usize,
+    ) {
+        let armed = shared.armed.load(Ordering::Acquire);
+        match (armed && time.playing, time.pos) {
+            (true, Some(pos)) => {
+                if !self.capturing {
+                    self.capturing = true;
+                    shared.capturing.store(true, Ordering::Release);
+                }
+                let mut offset = 0;
+                while offset < frames {
+                    let at = pos + offset as i64;
+                    let fits = match &self.current {
+                        Some(c) => {
+                            c.len == 0
+                                || (c.len < CHUNK_FRAMES && self.next_pos == Some(at) && c.rate == time.rate)
+                        }
+                        None => false,
+                    };
+                    if !fits {
+                        self.flush(shared, to_worker);
+                        if self.current.is_none() {
+                            match free.try_recv() {
+                                Ok(c) => self.current = Some(c),
+                                Err(_) => {
+                                    // Pool empty: drop the rest of this block, count an overrun.
+                                    shared.overruns.fetch_add(1, Ordering::Relaxed);
+                                    self.next_pos = None;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let Some(c) = self.current.as_mut() else { return };
+                    if c.len == 0 {
+                        c.start = at;
+                        c.rate = time.rate;
+                        c.tempo = time.tempo;
+                        c.beats_per_bar = time.beats_per_bar;
+                    }
+                    let n = (frames - offset).min(CHUNK_FRAMES - c.len);
+                    for (ch, input) in inputs.iter().enumerate() {
+                        let dst = &mut c.data[ch * CHUNK_FRAMES + c.len..][..n];
+                        let src = match (ch, input) {
+                            (_, Some(s)) => Some(*s),
+                            // Mono main input: duplicate the left channel.
+                            (1, None) => inputs[0],
+                            _ => None,
+                        };
+                        match src {
+                            Some(s) if s.len() >= offset + n => dst.copy_from_slice(&s[offset..offset + n]),
+                            _ => dst.fill(0.0),
+                        }
+                    }
+                    c.len += n;
+                    offset += n;
+                    self.next_pos = Some(pos + offset as i64);
+                }
+            }
+            _ => {
+                if self.capturing {
+                    self.flush(shared, to_worker);
+                    self.capturing = false;
+                    self.next_pos = None;
+                    shared.capturing.store(false, Ordering::Release);
+                    if armed && !time.playing && to_worker.try_send(ToWorker::Stopped).is_ok() {
+                        // The pass is over; the worker assembles it and starts processing.
+                        shared.armed.store(false, Ordering::Release);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the current chunk to the worker (keeps it, emptied, if the channel is full).
+    fn flush(&mut self, shared: &Shared, to_worker: &Sender<ToWorker>) {
+        let Some(c) = self.current.take() else { return };
+        if c.len == 0 {
+            self.current = Some(c);
+            return;
+        }
+        match to_worker.try_send(ToWorker::Chunk(c)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(ToWorker::Chunk(mut c)))
+            | Err(TrySendError::Disconnected(ToWorker::Chunk(mut c))) => {
+                shared.overruns.fetch_add(1, Ordering::Relaxed);
+                c.len = 0;
+                self.current = Some(c);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Forgets the timeline position (a reset or deactivation is a discontinuity).
+    pub fn reset(&mut self) {
+        self.next_pos = None;
+    }
+
+    /// Takes the chunk in progress (main thread, on deactivation).
+    pub fn take_current(&mut self) -> Option<Box<Chunk>> {
+        self.capturing = false;
+        self.current.take()
+    }
+}

@@ -1,0 +1,134 @@
+//! Stateless playback of the stem set: stem sample `t = pos + i - start` goes to aux output `k`
+//! when `0 <= t < len`, so loops, seeks, pre-roll and offline bounces line up by construction.
+
+use crossbeam_channel::{Receiver, Sender};
+use nice_plug::prelude::Buffer;
+
+use crate::STEM_COUNT;
+
+/// A stem set ready to play at one host sample rate (built off the audio thread).
+pub struct PlaySet {
+    pub rate: u32,
+    /// Timeline position of the first stem sample (at `rate`).
+    pub start: i64,
+    pub len: usize,
+    /// Fade length at each region edge, in samples.
+    pub fade: usize,
+    /// `stems[k][ch]`, stereo, each exactly `len` samples.
+    pub stems: [[Vec<f32>; 2]; STEM_COUNT],
+}
+
+impl PlaySet {
+    /// Gain of the region-edge fades at stem sample `t` (0 <= t < len).
+    #[inline]
+    pub fn fade_gain(&self, t: usize) -> f32 {
+        if self.fade == 0 {
+            return 1.0;
+        }
+        let edge = t.min(self.len - 1 - t);
+        if edge >= self.fade {
+            1.0
+        } else {
+            (edge as f32 + 0.5) / self.fade as f32
+        }
+    }
+}
+
+/// Messages from the worker to the audio thread.
+pub enum ToAudio {
+    Play(Box<PlaySet>),
+    /// Stop playing stems (the old set goes back to the worker).
+    Clear,
+}
+
+/// Audio-thread side of playback.
+#[derive(Default)]
+pub struct Player {
+    current: Option<Box<PlaySet>>,
+    /// An old set that could not be sent back yet (the worker frees it).
+    garbage: Option<Box<PlaySet>>,
+}
+
+impl Player {
+    /// Takes a new set from the worker, returning the old one for freeing; never blocks.
+    pub fn receive(&mut self, from_worker: &Receiver<ToAudio>, garbage: &Sender<Box<PlaySet>>) {
+        if let Some(old) = self.garbage.take() {
+            if let Err(e) = garbage.try_send(old) {
+                self.garbage = Some(e.into_inner());
+                return;
+            }
+        }
+        let old = match from_worker.try_recv() {
+            Ok(ToAudio::Play(set)) => self.current.replace(set),
+            Ok(ToAudio::Clear) => self.current.take(),
+            Err(_) => None,
+        };
+        if let Some(old) = old {
+            if let Err(e) = garbage.try_send(old) {
+                self.garbage = Some(e.into_inner());
+            }
+        }
+    }
+
+    pub fn has_stems(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Writes the stems for the block at `pos` to the aux outputs (silence outside the region,
+    /// when stopped, or at another sample rate) and, in re-mix mode, replaces the main output
+    /// over the region with the gained sum of the stems, crossfading at the region edges.
+    pub fn render(
+        &self,
+        playing: bool,
+        pos: Option<i64>,
+        rate: u32,
+        frames: usize,
+        aux_out: &mut [Buffer],
+        remix: Option<([f32; STEM_COUNT], &mut [&mut [f32]])>,
+    ) {
+        for port in aux_out.iter_mut() {
+            for ch in port.as_slice().iter_mut() {
+                let n = frames.min(ch.len());
+                ch[..n].fill(0.0);
+            }
+        }
+        let (Some(set), Some(pos), true) = (self.current.as_deref(), pos, playing) else { return };
+        if set.rate != rate || set.len == 0 {
+            return;
+        }
+        // The part of this block that overlaps the region.
+        let first = (set.start - pos).clamp(0, frames as i64) as usize;
+        let end = (set.start + set.len as i64 - pos).clamp(0, frames as i64) as usize;
+        if first >= end {
+            return;
+        }
+        for (k, port) in aux_out.iter_mut().enumerate().take(crate::STEM_COUNT) {
+            for (c, ch) in port.as_slice().iter_mut().enumerate().take(2) {
+                let stem = &set.stems[k][c];
+                for i in first..end.min(ch.len()) {
+                    let t = (pos + i as i64 - set.start) as usize;
+                    ch[i] = stem[t] * set.fade_gain(t);
+                }
+            }
+        }
+        if let Some((gains, main_out)) = remix {
+            for (c, out) in main_out.iter_mut().enumerate() {
+                let sc = c.min(1);
+                for i in first..end.min(out.len()) {
+                    let t = (pos + i as i64 - set.start) as usize;
+                    let g = set.fade_gain(t);
+                    let mut sum = 0.0;
+                    for k in 0..crate::STEM_COUNT {
+                        sum += gains[k] * set.stems[k][sc][t];
+                    }
+                    out[i] = out[i] * (1.0 - g) + sum * g;
+                }
+            }
+        }
+    }
+
+    /// Takes the current set (main thread, when the plugin is dropped).
+    pub fn take_all(&mut self) -> (Option<Box<PlaySet>>, Option<Box<PlaySet>>) {
+        (self.current.take(), self.garbage.take())
+    }
+}

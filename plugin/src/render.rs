@@ -1,0 +1,220 @@
+//! One render on its own thread: builds the engine job from a captured clip, runs
+//! `msdm::tasks::run` with cancellation and progress, and caches the stems.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use msdm::audio::AudioBuffer;
+use msdm::tasks::{Job, Settings};
+
+use crate::cache::{render_key, Cache};
+use crate::params::{JobKind, Quality, Role};
+use crate::session::{ClipRef, RenderSpec, Take};
+use crate::shared::{Phase, Shared};
+
+/// A finished capture in memory: `CAPTURE_CHANNELS` planar channels at `info.rate`.
+pub struct Clip {
+    pub info: ClipRef,
+    pub audio: Vec<Vec<f32>>,
+}
+
+impl Clip {
+    /// The main input (stereo).
+    pub fn main(&self) -> Vec<Vec<f32>> {
+        vec![self.audio[0].clone(), self.audio[1].clone()]
+    }
+
+    /// Stem `k`'s sidechain (stereo).
+    pub fn sidechain(&self, k: usize) -> Vec<Vec<f32>> {
+        vec![self.audio[2 + 2 * k].clone(), self.audio[3 + 2 * k].clone()]
+    }
+}
+
+pub struct JobRequest {
+    pub id: u64,
+    pub model_path: PathBuf,
+    pub spec: RenderSpec,
+    pub seed: u64,
+    pub clip: Option<Arc<Clip>>,
+    /// Where the stems go on the timeline, at `rate`.
+    pub start: i64,
+    pub rate: u32,
+    pub len: usize,
+    pub cache_root: Option<PathBuf>,
+}
+
+pub struct JobOutput {
+    pub take: Take,
+    /// Four stereo stems at `take.rate`, each `take.len` samples.
+    pub stems: Vec<Vec<Vec<f32>>>,
+    /// A cache write failed (the stems still play, but will not survive a reload).
+    pub cache_error: Option<String>,
+}
+
+/// Builds the engine job. Impute: a Given stem comes from its sidechain if that carried audio
+/// during the capture, else from the main input (only one stem may use the main input).
+pub fn build_job(spec: &RenderSpec, clip: Option<&Clip>, rate: u32, len: usize) -> Result<Job> {
+    match spec.job {
+        JobKind::Separate => {
+            let Some(clip) = clip else {
+                bail!("Nothing captured yet: arm, play the region in the host, then stop (or press Process).")
+            };
+            Ok(Job::Separate { mix: AudioBuffer { rate: clip.info.rate, channels: clip.main() } })
+        }
+        JobKind::Impute => {
+            let Some(clip) = clip else {
+                bail!("Nothing captured yet: arm, play the given stems in the host, then stop (or press Process).")
+            };
+            let given_from_main: Vec<&str> = (0..4)
+                .filter(|&k| spec.roles[k] == Role::Given && !clip.info.sidechains[k])
+                .map(|k| msdm::STEMS[k])
+                .collect();
+            if given_from_main.len() > 1 {
+                bail!(
+                    "Stems {} are all Given from the main input. Route all but one of them to their own \
+                     sidechain input (named after the stem), or set the others to Generate or Silent.",
+                    given_from_main.join(", ")
+                );
+            }
+            if spec.roles.iter().all(|r| *r != Role::Generate) {
+                bail!("Impute has nothing to generate: set at least one stem to Generate.");
+            }
+            let n = clip.info.len;
+            let given = (0..4)
+                .map(|k| match spec.roles[k] {
+                    Role::Given => Some(AudioBuffer {
+                        rate: clip.info.rate,
+                        channels: if clip.info.sidechains[k] { clip.sidechain(k) } else { clip.main() },
+                    }),
+                    Role::Silent => Some(AudioBuffer { rate: clip.info.rate, channels: vec![vec![0.0; n]; 2] }),
+                    Role::Generate => None,
+                })
+                .collect();
+            Ok(Job::Impute { given })
+        }
+        JobKind::Generate => Ok(Job::Generate { seconds: len as f64 / rate as f64, rate, channels: 2 }),
+    }
+}
+
+/// Engine settings for a quality level (`MSDM_PLUGIN_STEPS` overrides the steps, for tests and
+/// benchmarks).
+pub fn settings_for(job: &Job, model: &msdm::model_file::Model, quality: Quality, seed: u64) -> Settings {
+    let mut s = Settings::for_job(job, model);
+    if quality == Quality::Draft {
+        s.steps = (s.steps / 4).max(4);
+        s.resamples = 1;
+    }
+    if let Some(steps) = std::env::var("MSDM_PLUGIN_STEPS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        s.steps = steps.max(1);
+        s.resamples = 1;
+    }
+    s.seed = seed;
+    s
+}
+
+/// Runs one render. Returns an error whose text contains "cancelled" when cancelled.
+pub fn run(req: JobRequest, cancel: &AtomicBool, shared: &Shared) -> Result<JobOutput> {
+    let model = crate::models::shared(&req.model_path)?;
+    {
+        let mut st = shared.status();
+        st.model = Some(format!("{} ({})", req.model_path.display(), model.id()));
+        if let Ok(d) = crate::models::device() {
+            st.device = Some(msdm::device::describe(&d));
+        }
+    }
+    let job = build_job(&req.spec, req.clip.as_deref(), req.rate, req.len)?;
+    let settings = settings_for(&job, &model, req.spec.quality, req.seed);
+    let draft = settings_for(&job, &model, Quality::Draft, req.seed);
+    let fin = settings_for(&job, &model, Quality::Final, req.seed);
+    shared.status().predicted = Some((
+        msdm::tasks::predicted_seconds(&model, &job, &draft),
+        msdm::tasks::predicted_seconds(&model, &job, &fin),
+    ));
+    let mut spec = req.spec.clone();
+    spec.steps = settings.steps;
+    spec.resamples = settings.resamples;
+    let clip_hash = req.clip.as_ref().map(|c| c.info.hash.clone());
+    let spec_json = serde_json::to_string(&spec)?;
+    let key = render_key(&[
+        clip_hash.as_deref().unwrap_or("generate"),
+        &model.id(),
+        &req.seed.to_string(),
+        &spec_json,
+        &format!("{}@{}", req.len, req.rate),
+    ]);
+    let cache = req.cache_root.clone().map(Cache::at);
+    let mut take = Take {
+        clip: clip_hash,
+        start: req.start,
+        rate: req.rate,
+        len: req.len,
+        model_id: model.id(),
+        seed: req.seed,
+        spec,
+        stems_key: key.clone(),
+        residual_max: 0.0,
+    };
+
+    // Content-addressed: the same clip, model, seed and settings give the same stems.
+    if let Some(cache) = &cache {
+        if cache.has_stems(&key) {
+            if let Ok((rate, stems)) = cache.get_stems(&key) {
+                if rate == req.rate && stems.iter().all(|s| s.len() == 2 && s[0].len() == req.len) {
+                    return Ok(JobOutput { take, stems, cache_error: None });
+                }
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let mut progress = |p: msdm::tasks::Progress| {
+        {
+            let mut st = shared.status();
+            st.phase = Phase::Processing { done: p.done, total: p.total, started };
+        }
+        shared.request_repaint();
+        !cancel.load(Ordering::Acquire)
+    };
+    let out = msdm::tasks::run(&model, &job, &settings, &mut progress)?;
+    if cancel.load(Ordering::Acquire) {
+        bail!("render cancelled");
+    }
+    if out.stems.len() != 4 {
+        bail!("the engine returned {} stems instead of 4", out.stems.len());
+    }
+    take.residual_max = out.residual_max;
+    let stems: Vec<Vec<Vec<f32>>> = out.stems.into_iter().map(|s| fit_stereo(s.channels, req.len)).collect();
+    let cache_error = match &cache {
+        Some(cache) => cache.put_stems(&key, req.rate, &stems).err().map(|e| format!("{e:#}")),
+        None => Some("no cache folder".into()),
+    };
+    Ok(JobOutput { take, stems, cache_error })
+}
+
+/// Exactly two channels of exactly `len` samples, subnormals flushed to zero.
+pub fn fit_stereo(mut channels: Vec<Vec<f32>>, len: usize) -> Vec<Vec<f32>> {
+    if channels.is_empty() {
+        channels.push(Vec::new());
+    }
+    if channels.len() == 1 {
+        channels.push(channels[0].clone());
+    }
+    channels.truncate(2);
+    for ch in &mut channels {
+        ch.resize(len, 0.0);
+        for x in ch.iter_mut() {
+            if !x.is_finite() || x.abs() < 1e-30 {
+                *x = 0.0;
+            }
+        }
+    }
+    channels
+}
+
+/// Length in seconds of `bars` bars at `tempo` BPM with `beats_per_bar` quarter notes per bar.
+pub fn bars_to_seconds(bars: u32, tempo: f64, beats_per_bar: f64) -> f64 {
+    bars as f64 * beats_per_bar * 60.0 / tempo
+}

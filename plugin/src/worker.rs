@@ -1,0 +1,606 @@
+//! The plugin's own worker thread: assembles captured chunks, starts renders on a job thread,
+//! publishes stem sets to the audio thread (and frees the old ones), restores takes from the
+//! cache, exports. Never runs on nice-plug's shared background thread.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{select, unbounded, Receiver, Sender};
+
+use crate::assembly::Assembly;
+use crate::cache::{content_hash, Cache};
+use crate::capture::ToWorker;
+use crate::params::JobKind;
+use crate::playback::{PlaySet, ToAudio};
+use crate::render::{self, Clip, JobOutput, JobRequest};
+use crate::session::{ClipRef, RenderSpec, Take};
+use crate::shared::{Command, Peaks, Phase, Shared, Waveforms, WorkerEnds};
+
+/// Columns of the editor's waveform views.
+const PEAK_COLUMNS: usize = 600;
+
+struct RunningJob {
+    id: u64,
+    cancel: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// Stems of the take that plays, at the rate they were rendered at.
+struct Rendered {
+    take: Take,
+    stems: Vec<Vec<Vec<f32>>>,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    ends: WorkerEnds,
+    cache: Result<Cache, String>,
+    assembly: Assembly,
+    clip: Option<Arc<Clip>>,
+    job: Option<RunningJob>,
+    next_job: u64,
+    results: (Sender<(u64, Result<JobOutput>)>, Receiver<(u64, Result<JobOutput>)>),
+    rendered: Option<Rendered>,
+    host_rate: u32,
+    /// A message for the audio thread that did not fit in its channel yet.
+    pending: Option<ToAudio>,
+}
+
+pub fn run(shared: Arc<Shared>, ends: WorkerEnds) {
+    let mut w = Worker {
+        cache: Cache::open().map_err(|e| format!("{e:#}")),
+        shared,
+        ends,
+        assembly: Assembly::default(),
+        clip: None,
+        job: None,
+        next_job: 1,
+        results: unbounded(),
+        rendered: None,
+        host_rate: 0,
+        pending: None,
+    };
+    w.run_loop();
+    w.stop_job();
+}
+
+impl Worker {
+    fn run_loop(&mut self) {
+        loop {
+            let from_audio = self.ends.from_audio.clone();
+            let commands = self.ends.commands.clone();
+            let garbage = self.ends.garbage.clone();
+            let results = self.results.1.clone();
+            let step = catch_unwind(AssertUnwindSafe(|| -> bool {
+                select! {
+                    recv(from_audio) -> m => match m {
+                        Ok(ToWorker::Chunk(mut c)) => {
+                            self.assembly.add(&c);
+                            self.shared.capture_frames.store(self.assembly.len() as u64, Ordering::Release);
+                            self.shared.capture_rate.store(self.assembly.rate, Ordering::Release);
+                            c.len = 0;
+                            let _ = self.ends.free.try_send(c);
+                        }
+                        Ok(ToWorker::Stopped) => self.capture_finished(true),
+                        Err(_) => return false,
+                    },
+                    recv(commands) -> c => match c {
+                        Ok(Command::Shutdown) | Err(_) => return false,
+                        Ok(c) => self.handle(c),
+                    },
+                    recv(garbage) -> old => drop(old),
+                    recv(results) -> r => if let Ok((id, r)) = r { self.job_done(id, r) },
+                    default(Duration::from_millis(20)) => {}
+                }
+                self.flush_pending();
+                true
+            }));
+            match step {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(panic) => {
+                    self.shared.set_phase(Phase::Error(format!("Internal error: {}", panic_text(&panic))));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Activated { rate } => {
+                if rate != self.host_rate {
+                    self.host_rate = rate;
+                    self.publish();
+                }
+            }
+            Command::Arm => {
+                self.assembly.clear();
+                self.shared.capture_frames.store(0, Ordering::Release);
+                self.shared.armed.store(true, Ordering::Release);
+                self.shared.status().warning = None;
+                self.shared.set_message("Armed: play the region in the host, then stop the transport.");
+            }
+            Command::Process { new_take } => {
+                if !self.assembly.is_empty() {
+                    self.shared.armed.store(false, Ordering::Release);
+                    self.capture_finished(false);
+                }
+                self.start_render(new_take);
+            }
+            Command::Cancel => {
+                self.shared.armed.store(false, Ordering::Release);
+                if self.job.is_some() {
+                    self.stop_job();
+                    self.shared.set_message("Render cancelled.");
+                    self.set_settled_phase();
+                } else {
+                    self.assembly.clear();
+                    self.shared.set_message("Capture cancelled.");
+                }
+            }
+            Command::SelectTake(i) => self.select_take(i),
+            Command::Restore => self.restore(),
+            Command::Export(dir) => match self.export(&dir) {
+                Ok(msg) => self.shared.set_message(msg),
+                Err(e) => self.shared.set_message(format!("Export failed: {e:#}")),
+            },
+            Command::SetModel(path) => {
+                self.shared.params.session.update(|s| s.model_path = path.clone());
+                match crate::models::resolve(path.as_deref()) {
+                    Ok(p) => self.shared.set_message(format!("Model for the next render: {}", p.display())),
+                    Err(e) => self.shared.set_message(format!("{e:#}")),
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// The capture pass ended: hash and cache the clip; with `render`, start processing.
+    fn capture_finished(&mut self, render: bool) {
+        let Some(a) = self.assembly.take() else { return };
+        self.shared.capture_frames.store(0, Ordering::Release);
+        let hash = content_hash(a.rate, &a.channels);
+        let sidechains: [bool; 4] =
+            std::array::from_fn(|k| a.channels[2 + 2 * k].iter().chain(&a.channels[3 + 2 * k]).any(|x| *x != 0.0));
+        let info = ClipRef {
+            hash: hash.clone(),
+            start: a.start,
+            rate: a.rate,
+            len: a.len(),
+            tempo: a.tempo,
+            beats_per_bar: a.beats_per_bar,
+            sidechains,
+        };
+        let mut warning = None;
+        match &self.cache {
+            Ok(cache) => {
+                if let Err(e) = cache.put_clip(&hash, a.rate, &a.channels) {
+                    warning = Some(format!("Could not store the captured audio in the cache: {e:#}"));
+                }
+            }
+            Err(e) => warning = Some(format!("No cache folder ({e}); stems will not survive a reload.")),
+        }
+        if a.tempo.is_none() {
+            warning.get_or_insert_with(|| "The host reports no tempo; Generate lengths in bars assume 120 BPM.".into());
+        }
+        self.shared.params.session.update(|s| s.clip = Some(info.clone()));
+        let clip = Arc::new(Clip { info, audio: a.channels });
+        {
+            let mut st = self.shared.status();
+            st.warning = warning;
+            st.predicted = None;
+            let mut waves = (*st.waves).clone();
+            waves.clip = Some(peaks(&[&clip.audio[0], &clip.audio[1]], PEAK_COLUMNS));
+            st.waves = Arc::new(waves);
+            st.message = format!(
+                "Captured {:.2} s at {} Hz from {}.",
+                clip.info.len as f64 / clip.info.rate as f64,
+                clip.info.rate,
+                timeline(clip.info.start, clip.info.rate)
+            );
+        }
+        self.clip = Some(clip);
+        self.shared.request_repaint();
+        if render {
+            self.start_render(false);
+        }
+    }
+
+    fn start_render(&mut self, new_take: bool) {
+        if let Err(e) = self.try_start_render(new_take) {
+            self.shared.set_phase(Phase::Error(format!("{e:#}")));
+        }
+    }
+
+    fn try_start_render(&mut self, new_take: bool) -> Result<()> {
+        self.stop_job();
+        let p = &self.shared.params;
+        let job = p.job.value();
+        let clip = self.clip.clone();
+        let session = p.session.get();
+        let model_path = crate::models::resolve(session.model_path.as_deref())?;
+        let seed = if new_take {
+            let s = fresh_seed();
+            p.session.update(|x| x.seed = s);
+            s
+        } else {
+            session.seed
+        };
+        let bars = p.bars.value().max(1) as u32;
+        let (start, rate, len, seconds) = match (job, &clip) {
+            (JobKind::Generate, _) => {
+                let (start, rate, tempo, bpb) = match &clip {
+                    Some(c) => (c.info.start, c.info.rate, c.info.tempo, c.info.beats_per_bar),
+                    None => (0, self.host_rate, None, None),
+                };
+                if rate == 0 {
+                    anyhow::bail!("The plugin has not been activated by the host yet; start playback once, then press Process.");
+                }
+                let seconds = render::bars_to_seconds(bars, tempo.unwrap_or(120.0), bpb.unwrap_or(4.0));
+                (start, rate, (seconds * rate as f64).round() as usize, seconds)
+            }
+            (_, Some(c)) => (c.info.start, c.info.rate, c.info.len, c.info.len as f64 / c.info.rate as f64),
+            (_, None) => anyhow::bail!(
+                "Nothing captured yet: arm, play the region in the host, then stop the transport (or press Process)."
+            ),
+        };
+        let spec = RenderSpec {
+            job,
+            roles: p.roles(),
+            quality: p.quality.value(),
+            steps: 0,
+            resamples: 0,
+            bars,
+            seconds,
+        };
+        // Check the job can be built before starting a thread (clear errors right away).
+        render::build_job(&spec, clip.as_deref(), rate, len)?;
+        let id = self.next_job;
+        self.next_job += 1;
+        let req = JobRequest {
+            id,
+            model_path,
+            spec,
+            seed,
+            clip: if job == JobKind::Generate { None } else { clip },
+            start,
+            rate,
+            len,
+            cache_root: self.cache.as_ref().ok().map(|c| c.root().to_path_buf()),
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let shared = Arc::clone(&self.shared);
+        let tx = self.results.0.clone();
+        let flag = Arc::clone(&cancel);
+        self.shared.set_phase(Phase::Processing { done: 0, total: 0, started: Instant::now() });
+        self.shared.set_message(format!("Rendering with seed {seed}…"));
+        let handle = std::thread::Builder::new()
+            .name("msdm-render".into())
+            .spawn(move || {
+                let r = catch_unwind(AssertUnwindSafe(|| render::run(req, &flag, &shared)))
+                    .unwrap_or_else(|panic| Err(anyhow::anyhow!("internal error: {}", panic_text(&panic))));
+                let _ = tx.send((id, r));
+            })
+            .context("cannot start the render thread")?;
+        self.job = Some(RunningJob { id, cancel, handle });
+        Ok(())
+    }
+
+    /// Cancels and joins the running render, if any (its result is ignored).
+    fn stop_job(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.cancel.store(true, Ordering::Release);
+            let _ = job.handle.join();
+            while self.results.1.try_recv().is_ok() {}
+        }
+    }
+
+    fn set_settled_phase(&self) {
+        let phase = if self.rendered.is_some() { Phase::Ready } else { Phase::Idle };
+        self.shared.set_phase(phase);
+    }
+
+    fn job_done(&mut self, id: u64, result: Result<JobOutput>) {
+        match &self.job {
+            Some(j) if j.id == id => {}
+            _ => return, // stale
+        }
+        if let Some(job) = self.job.take() {
+            let _ = job.handle.join();
+        }
+        match result {
+            Ok(out) => {
+                let index = self.shared.params.session.update(|s| {
+                    let i = match s.takes.iter().position(|t| t.stems_key == out.take.stems_key) {
+                        Some(i) => i,
+                        None => {
+                            s.takes.push(out.take.clone());
+                            s.takes.len() - 1
+                        }
+                    };
+                    s.current = Some(i);
+                    i
+                });
+                let take = out.take.clone();
+                self.rendered = Some(Rendered { take: out.take, stems: out.stems });
+                self.after_stems_changed();
+                let mut st = self.shared.status();
+                st.phase = Phase::Ready;
+                st.warning = out.cache_error.map(|e| format!("Stems could not be cached ({e}); they will not survive a reload."));
+                st.message = format!("Take {} ready (seed {}).", index + 1, take.seed);
+                drop(st);
+                self.shared.request_repaint();
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                if text.contains("cancelled") {
+                    self.shared.set_message("Render cancelled.");
+                    self.set_settled_phase();
+                } else {
+                    self.shared.set_phase(Phase::Error(text));
+                }
+            }
+        }
+    }
+
+    /// Publishes the current stems and updates waveforms and residual.
+    fn after_stems_changed(&mut self) {
+        self.publish();
+        let (waves_stems, residual) = match &self.rendered {
+            Some(r) => {
+                let w: [Peaks; 4] = std::array::from_fn(|k| {
+                    peaks(&[&r.stems[k][0], &r.stems[k][1]], PEAK_COLUMNS)
+                });
+                let residual = match (&self.clip, r.take.spec.job) {
+                    (Some(c), JobKind::Separate) if r.take.clip.as_deref() == Some(c.info.hash.as_str()) => {
+                        Some((r.take.residual_max, residual_rms(&c.audio[..2], &r.stems)))
+                    }
+                    _ => None,
+                };
+                (Some(w), residual)
+            }
+            None => (None, None),
+        };
+        let mut st = self.shared.status();
+        let mut waves = (*st.waves).clone();
+        waves.stems = waves_stems;
+        st.waves = Arc::new(waves);
+        st.residual = residual;
+    }
+
+    /// Sends the current stems, resampled to the host rate, to the audio thread.
+    fn publish(&mut self) {
+        let Some(r) = &self.rendered else {
+            self.pending = Some(ToAudio::Clear);
+            self.flush_pending();
+            return;
+        };
+        if self.host_rate == 0 {
+            return;
+        }
+        match build_play_set(r, self.host_rate) {
+            Ok(set) => self.pending = Some(ToAudio::Play(Box::new(set))),
+            Err(e) => self.shared.set_phase(Phase::Error(format!("Cannot resample the stems: {e:#}"))),
+        }
+        self.flush_pending();
+    }
+
+    fn flush_pending(&mut self) {
+        if let Some(m) = self.pending.take() {
+            if let Err(e) = self.ends.to_audio.try_send(m) {
+                self.pending = Some(e.into_inner());
+            }
+        }
+    }
+
+    fn select_take(&mut self, i: usize) {
+        let Some(take) = self.shared.params.session.read(|s| s.takes.get(i).cloned()) else { return };
+        match self.load_take(&take) {
+            Ok(r) => {
+                self.shared.params.session.update(|s| {
+                    s.current = Some(i);
+                    s.seed = take.seed;
+                });
+                self.rendered = Some(r);
+                self.after_stems_changed();
+                self.shared.status().warning = None;
+                self.shared.set_message(format!("Playing take {} (seed {}).", i + 1, take.seed));
+                self.set_settled_phase();
+            }
+            Err(e) => {
+                self.shared.status().warning = Some(missing_text(&take, &e));
+                self.shared.request_repaint();
+            }
+        }
+    }
+
+    fn load_take(&self, take: &Take) -> Result<Rendered> {
+        let cache = self.cache.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (rate, stems) = cache.get_stems(&take.stems_key)?;
+        if rate != take.rate || stems.len() != 4 {
+            anyhow::bail!("cached stems do not match the take");
+        }
+        let stems = stems.into_iter().map(|s| render::fit_stereo(s, take.len)).collect();
+        Ok(Rendered { take: take.clone(), stems })
+    }
+
+    /// The host loaded a state: drop what we had and restore the session's take from the cache.
+    fn restore(&mut self) {
+        self.stop_job();
+        self.assembly.clear();
+        self.clip = None;
+        self.rendered = None;
+        let session = self.shared.params.session.get();
+        self.shared.armed.store(session.clip.is_none() && session.takes.is_empty(), Ordering::Release);
+        let mut warnings = Vec::new();
+        if let Some(info) = &session.clip {
+            match self.cache.as_ref().map_err(|e| anyhow::anyhow!("{e}")).and_then(|c| c.get_clip(&info.hash)) {
+                Ok((rate, audio)) if rate == info.rate && audio.len() == crate::capture::CAPTURE_CHANNELS => {
+                    self.clip = Some(Arc::new(Clip { info: info.clone(), audio }));
+                }
+                _ => warnings.push(
+                    "The captured audio of this project is not in the cache: arm and play the region again to re-process it.".to_string(),
+                ),
+            }
+        }
+        let mut message = String::from("Restored the project.");
+        if let Some(take) = session.current_take() {
+            match self.load_take(take) {
+                Ok(r) => {
+                    self.rendered = Some(r);
+                    message = format!("Restored take {} from the cache.", session.current.unwrap_or(0) + 1);
+                }
+                Err(e) => warnings.insert(0, missing_text(take, &e)),
+            }
+        }
+        {
+            let mut st = self.shared.status();
+            st.warning = (!warnings.is_empty()).then(|| warnings.join(" "));
+            st.message = message;
+            st.residual = None;
+            st.predicted = None;
+            st.waves = Arc::new(Waveforms {
+                clip: self.clip.as_ref().map(|c| peaks(&[&c.audio[0], &c.audio[1]], PEAK_COLUMNS)),
+                stems: None,
+            });
+        }
+        self.after_stems_changed();
+        self.set_settled_phase();
+    }
+
+    fn export(&mut self, dir: &Path) -> Result<String> {
+        let Some(r) = &self.rendered else { anyhow::bail!("there are no stems yet: process a clip first") };
+        let rate = if self.host_rate > 0 { self.host_rate } else { r.take.rate };
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+        let mut written = Vec::new();
+        for (k, stem) in crate::STEMS.iter().enumerate() {
+            let channels = msdm::audio::resample(&r.stems[k], r.take.rate, rate)?;
+            let path = unique_path(dir, stem);
+            msdm::audio::write_wav(
+                &path,
+                &msdm::audio::AudioBuffer { rate, channels },
+                msdm::audio::SampleFormat::F32,
+            )?;
+            written.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        }
+        self.shared.params.session.update(|s| s.export_dir = Some(dir.display().to_string()));
+        Ok(format!("Exported {} at {} Hz to {}.", written.join(", "), rate, dir.display()))
+    }
+}
+
+fn missing_text(take: &Take, e: &anyhow::Error) -> String {
+    let how = if take.clip.is_some() {
+        "Arm and play the same region again, then press Process"
+    } else {
+        "Press Process"
+    };
+    format!(
+        "The stems of this take are not in the cache ({e:#}). {how}: the saved seed {} reproduces them.",
+        take.seed
+    )
+}
+
+/// `dir/<stem>.wav`, or `dir/<stem>-2.wav`, ... if that exists (never overwrite silently).
+fn unique_path(dir: &Path, stem: &str) -> PathBuf {
+    let first = dir.join(format!("{stem}.wav"));
+    if !first.exists() {
+        return first;
+    }
+    (2..)
+        .map(|i| dir.join(format!("{stem}-{i}.wav")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+fn build_play_set(r: &Rendered, host_rate: u32) -> Result<PlaySet> {
+    let from = r.take.rate;
+    let stems: Vec<Vec<Vec<f32>>> = if from == host_rate {
+        r.stems.clone()
+    } else {
+        r.stems.iter().map(|s| msdm::audio::resample(s, from, host_rate)).collect::<Result<_>>()?
+    };
+    let len = stems[0][0].len();
+    let start = if from == host_rate {
+        r.take.start
+    } else {
+        (r.take.start as f64 * host_rate as f64 / from as f64).round() as i64
+    };
+    let mut it = stems.into_iter().map(|s| render::fit_stereo(s, len));
+    let mut next = || {
+        let mut s = it.next().unwrap_or_default();
+        s.resize(2, vec![0.0; len]);
+        let r = s.pop().unwrap_or_default();
+        let l = s.pop().unwrap_or_default();
+        [l, r]
+    };
+    let stems = [next(), next(), next(), next()];
+    Ok(PlaySet { rate: host_rate, start, len, fade: (host_rate as usize / 200).min(len / 2), stems })
+}
+
+fn residual_rms(mix: &[Vec<f32>], stems: &[Vec<Vec<f32>>]) -> f32 {
+    let mut sum = 0.0f64;
+    let mut n = 0usize;
+    for (c, m) in mix.iter().enumerate().take(2) {
+        for (i, x) in m.iter().enumerate() {
+            let s: f32 = stems.iter().map(|st| st[c].get(i).copied().unwrap_or(0.0)).sum();
+            sum += ((x - s) as f64).powi(2);
+            n += 1;
+        }
+    }
+    if n == 0 { 0.0 } else { (sum / n as f64).sqrt() as f32 }
+}
+
+/// Min/max peaks of the mean of `channels` in `columns` columns.
+pub fn peaks(channels: &[&Vec<f32>], columns: usize) -> Peaks {
+    let len = channels.first().map_or(0, |c| c.len());
+    let mut p = Peaks { min: vec![0.0; columns], max: vec![0.0; columns] };
+    if len == 0 {
+        return p;
+    }
+    let scale = 1.0 / channels.len() as f32;
+    for col in 0..columns {
+        let a = col * len / columns;
+        let b = ((col + 1) * len / columns).max(a + 1).min(len);
+        let (mut lo, mut hi) = (f32::MAX, f32::MIN);
+        for i in a..b {
+            let v: f32 = channels.iter().map(|c| c[i]).sum::<f32>() * scale;
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        p.min[col] = lo;
+        p.max[col] = hi;
+    }
+    p
+}
+
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64 of the clock, kept below 2^31 so it is easy to read and type
+    let mut z = t.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) & 0x7FFF_FFFF
+}
+
+fn timeline(pos: i64, rate: u32) -> String {
+    let s = pos as f64 / rate.max(1) as f64;
+    format!("{}:{:05.2}", (s / 60.0).floor() as i64, s.rem_euclid(60.0))
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".into()
+    }
+}
