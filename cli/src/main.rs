@@ -1,6 +1,7 @@
 //! `msdm`: separate, generate and impute music stems with Multi-Source Diffusion Models.
 
 mod bench;
+mod datasets;
 mod jobs;
 mod models;
 mod progress;
@@ -91,6 +92,11 @@ enum Command {
     },
     /// Time the denoiser and a full separation window
     Bench(bench::BenchArgs),
+    /// Make datasets
+    #[command(subcommand)]
+    Data(datasets::DataCommand),
+    /// Evaluate separation with the paper's protocol (SI-SDRi over 4 s windows)
+    Eval(datasets::EvalArgs),
 }
 
 #[derive(Args, Clone)]
@@ -167,6 +173,8 @@ fn main() -> ExitCode {
         Command::Import { checkpoint, output, f16, window, force } => models::import(&checkpoint, &output, f16, window, force),
         Command::Info { model, json } => models::info(model.as_deref(), json),
         Command::Bench(args) => bench::run(&args),
+        Command::Data(cmd) => datasets::data(&cmd),
+        Command::Eval(args) => datasets::eval(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
