@@ -118,18 +118,19 @@ impl ModelConfig {
         Self { in_channels: 1, learning_rate: Some(1e-5), ..Self::paper() }
     }
 
-    /// A small network for the bundled default model (fast on CPU).
+    /// A small network for the bundled default model (9.5M parameters; about 0.3 s per 12 s
+    /// denoiser call on 2 CPU cores).
     pub fn small() -> Self {
         Self {
             in_channels: 4,
-            channels: 32,
-            patch_factor: 8,
+            channels: 64,
+            patch_factor: 16,
             patch_blocks: 1,
             resnet_groups: 8,
             kernel_multiplier_downsample: 2,
             multipliers: vec![1, 2, 2, 4, 4],
             factors: vec![4, 4, 2, 2],
-            num_blocks: vec![1, 1, 2, 2],
+            num_blocks: vec![1, 1, 1, 1],
             attentions: vec![false, false, true, true],
             attention_heads: 4,
             attention_features: 32,
@@ -236,6 +237,20 @@ impl ModelConfig {
         }
         if self.patch_blocks != 1 && self.patch_factor.pow(self.patch_blocks as u32) > self.channels {
             bail!("model config: patch_factor^patch_blocks exceeds channels");
+        }
+        // Patch/unpatch ResNet blocks use GroupNorm with min(patch_factor, channels) groups.
+        let (ic, pf) = (self.in_channels, self.patch_factor);
+        for i in 0..self.patch_blocks {
+            let pre = ic * pf.pow(i as u32);
+            let post = if i + 1 < self.patch_blocks { ic * pf.pow(i as u32 + 1) } else { self.channels };
+            let groups = pf.min(pre);
+            if post % pf != 0 || (post / pf) % groups != 0 || pre % groups != 0 {
+                bail!(
+                    "model config: the patch block maps {pre} to {} channels with GroupNorm({groups}); \
+                     channels/patch_factor must be divisible by min(patch_factor, in_channels)",
+                    post / pf
+                );
+            }
         }
         if !self.use_context_time {
             bail!("model config: use_context_time=false is not supported (the denoiser needs σ conditioning)");
