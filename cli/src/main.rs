@@ -5,6 +5,7 @@ mod datasets;
 mod jobs;
 mod models;
 mod progress;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +98,8 @@ enum Command {
     Data(datasets::DataCommand),
     /// Evaluate separation with the paper's protocol (SI-SDRi over 4 s windows)
     Eval(datasets::EvalArgs),
+    /// Train a model (denoising score matching, Adam), resumable
+    Train(train::TrainArgs),
 }
 
 #[derive(Args, Clone)]
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Data(cmd) => datasets::data(&cmd),
         Command::Eval(args) => datasets::eval(&args),
+        Command::Train(args) => train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
