@@ -139,7 +139,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         let y = Tensor::from_vec(mix.to_vec(), (1, 1, window), &device)?;
         let mut noise = SeededNoise::new(settings.seed.wrapping_add(chunk_index));
         chunk_index += 1;
-        let x = separate(&model.denoiser, &y, likelihood, &config, &mut noise, &mut |_, _| true)?;
+        let x = separate(model.stems_denoiser(), &y, likelihood, &config, &mut noise, &mut |_, _| true)?;
         Ok(x.squeeze(0)?.to_device(&Device::Cpu)?.to_vec2()?)
     };
     let pb = crate::progress::bar(args.quiet, "eval");

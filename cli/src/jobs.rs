@@ -10,9 +10,14 @@ use msdm::tasks::{self, Job, Settings};
 
 use crate::{FormatArg, LikelihoodArg, OutputArgs, SamplingArgs};
 
-/// Loads `--model`, or the bundled default model.
+/// Loads `--model`, or the bundled default model. `--model a,b,c,d` (one single-stem model per
+/// stem, in stem order) makes an ISDM model.
 pub fn load_model(path: Option<&Path>, device: &str) -> Result<Model> {
     let device = msdm::device::select(device)?;
+    if let Some(list) = path.and_then(|p| p.to_str()).filter(|s| s.contains(',')) {
+        let models = list.split(',').map(|p| Model::load(Path::new(p), &device)).collect::<Result<Vec<_>>>()?;
+        return Model::isdm(models);
+    }
     let path: PathBuf = match path {
         Some(p) => p.to_path_buf(),
         None => bundled_model_path().context(

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
-use crate::denoiser::EdmDenoiser;
+use crate::denoiser::{Denoiser, EdmDenoiser, IsdmDenoiser};
 use crate::unet::params::{FreshParams, TensorMap};
 use crate::unet::UNet1d;
 
@@ -34,6 +34,8 @@ pub struct Model {
     pub config: ModelConfig,
     pub meta: ModelMeta,
     pub denoiser: EdmDenoiser,
+    /// ISDM: one single-stem model per stem (then `denoiser` is the first stem's).
+    isdm: Option<IsdmDenoiser>,
     tensors: Vec<(String, Tensor)>,
     id: String,
 }
@@ -69,7 +71,68 @@ impl Model {
         let mut list: Vec<(String, Tensor)> = map.tensors.into_iter().collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         let id = content_id(&config, &list)?;
-        Ok(Self { config, meta, denoiser: EdmDenoiser::new(net), tensors: list, id })
+        Ok(Self { config, meta, denoiser: EdmDenoiser::new(net), isdm: None, tensors: list, id })
+    }
+
+    /// ISDM (the paper's "weakly supervised" MSDM): one single-stem model per stem, their
+    /// denoisers concatenated in stem order. Each model's own stem name (its `meta.stems[0]`) is
+    /// used when it is one of bass/drums/guitar/piano, else the position's name.
+    pub fn isdm(models: Vec<Model>) -> Result<Self> {
+        if models.len() < 2 {
+            bail!("an ISDM model needs one single-stem model per stem (got {})", models.len());
+        }
+        let mut stems = Vec::with_capacity(models.len());
+        let mut window = usize::MAX;
+        let mut ids = Vec::new();
+        for (i, m) in models.iter().enumerate() {
+            if m.config.in_channels != 1 || m.isdm.is_some() {
+                bail!("ISDM stem model {} has {} channels; each must be a one-stem model", i + 1, m.config.in_channels);
+            }
+            let name = m.meta.stems[0].clone();
+            let fallback = crate::STEMS.get(i).map(|s| s.to_string()).unwrap_or(name.clone());
+            stems.push(if crate::STEMS.contains(&name.as_str()) { name } else { fallback });
+            window = window.min(m.window());
+            ids.push(m.id());
+        }
+        let mut it = models.into_iter();
+        let first = it.next().expect("at least two");
+        let mut dens: Vec<EdmDenoiser> = it.map(|m| m.denoiser).collect();
+        let Model { config, denoiser, tensors, .. } = first;
+        let first_net = EdmDenoiser { net: denoiser.net, sigma_data: denoiser.sigma_data, compute_dtype: denoiser.compute_dtype };
+        dens.insert(0, first_net);
+        // `denoiser` keeps a handle on the first stem's network for code that wants one net.
+        let composite = IsdmDenoiser { stems: dens };
+        let window = window / composite.length_multiple() * composite.length_multiple();
+        let meta = ModelMeta { window, stems, info: serde_json::json!({"isdm": ids}) };
+        let id = ids.join("+");
+        let denoiser = EdmDenoiser::new(crate::unet::UNet1d::new(&config, &TensorMap::new(tensors.iter().cloned().collect()))?);
+        Ok(Self { config, meta, denoiser, isdm: Some(composite), tensors, id })
+    }
+
+    /// The denoiser the samplers use: the 4-stem network, or the ISDM composite.
+    pub fn stems_denoiser(&self) -> &dyn Denoiser {
+        match &self.isdm {
+            Some(d) => d,
+            None => &self.denoiser,
+        }
+    }
+
+    /// Number of stems the model produces.
+    pub fn num_stems(&self) -> usize {
+        self.meta.stems.len()
+    }
+
+    /// The same model with its network weights converted to `dtype` (f16/bf16 inference on a GPU);
+    /// the denoiser then runs the network in `dtype` and its EDM preconditioning in f32.
+    pub fn to_dtype(self, dtype: DType) -> Result<Self> {
+        if self.isdm.is_some() {
+            bail!("converting an ISDM model to {dtype:?} is not supported: convert each stem model before `Model::isdm`");
+        }
+        let Model { config, meta, tensors, .. } = self;
+        let tensors = tensors.into_iter().map(|(n, t)| Ok((n, t.to_dtype(dtype)?))).collect::<Result<HashMap<_, _>>>()?;
+        let mut model = Self::from_tensors(config, meta, tensors)?;
+        model.denoiser.compute_dtype = dtype;
+        Ok(model)
     }
 
     /// A randomly initialized model (PyTorch's default init, our seeded RNG); for tests and training.
@@ -119,6 +182,9 @@ impl Model {
 
     /// Writes the model as one safetensors file (atomically: temp file, then rename).
     pub fn save(&self, path: &Path, dtype: StoreDType) -> Result<()> {
+        if self.isdm.is_some() {
+            bail!("an ISDM model is saved as its single-stem model files, not as one file");
+        }
         let dt = match dtype {
             StoreDType::F32 => DType::F32,
             StoreDType::F16 => DType::F16,

@@ -163,7 +163,7 @@ pub fn run(model: &Model, job: &Job, settings: &Settings, progress: &mut dyn FnM
             }
             let frames = (seconds * *rate as f64).round() as usize;
             let silence = AudioBuffer::new(*rate, vec![vec![0.0; frames]; *channels]);
-            let given = vec![None; model.config.in_channels];
+            let given = vec![None; model.num_stems()];
             run_sequential(model, &given, &silence, settings, progress)?
         }
     };
@@ -209,11 +209,10 @@ fn seconds_per_call(model: &Model) -> Result<f64> {
     if let Some(s) = CACHE.lock().ok().and_then(|c| c.as_ref().and_then(|m| m.get(&id).copied())) {
         return Ok(s);
     }
-    let x = Tensor::zeros((1, model.config.in_channels, model.window()), candle_core::DType::F32, model.device())?;
-    use crate::denoiser::Denoiser;
-    model.denoiser.denoise(&x, 0.5)?; // warm-up
+    let x = Tensor::zeros((1, model.num_stems(), model.window()), candle_core::DType::F32, model.device())?;
+    model.stems_denoiser().denoise(&x, 0.5)?; // warm-up
     let t = Instant::now();
-    model.denoiser.denoise(&x, 0.5)?;
+    model.stems_denoiser().denoise(&x, 0.5)?;
     let s = t.elapsed().as_secs_f64();
     if let Ok(mut c) = CACHE.lock() {
         c.get_or_insert_with(HashMap::new).insert(id, s);
@@ -292,7 +291,7 @@ fn from_model_rate(channels: &[Vec<f32>], rate: u32, frames: usize) -> Result<Ve
 fn separate(model: &Model, mix: &AudioBuffer, settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
     check_audio("the mix", mix)?;
     let device = model.device().clone();
-    let n_stems = model.config.in_channels;
+    let n_stems = model.num_stems();
     let input = working_channels(mix, settings.mono);
     let mix22 = to_model_rate(&input, mix.rate)?;
     let len22 = mix22[0].len();
@@ -315,7 +314,7 @@ fn separate(model: &Model, mix: &AudioBuffer, settings: &Settings, progress: &mu
         let seeds: Vec<u64> = chunk.iter().map(|&(w, _)| window_seed(settings.seed, w)).collect();
         let mut noise = ItemNoise::new(&seeds);
         let mut cb = |d: usize, _t: usize| progress(Progress { done: done_before + d, total });
-        let x = separator::separate(&model.denoiser, &y, settings.likelihood, &config, &mut noise, &mut cb)?;
+        let x = separator::separate(model.stems_denoiser(), &y, settings.likelihood, &config, &mut noise, &mut cb)?;
         done_before += config.calls();
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         for (&(w, c), stems) in chunk.iter().zip(x) {
@@ -371,7 +370,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn impute(model: &Model, given: &[Option<AudioBuffer>], settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
-    let n = model.config.in_channels;
+    let n = model.num_stems();
     if given.len() != n {
         bail!("imputation needs one entry per stem ({n}), got {}", given.len());
     }
@@ -434,7 +433,7 @@ fn run_sequential(
     progress: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<StemSet> {
     let device = model.device().clone();
-    let n = model.config.in_channels;
+    let n = model.num_stems();
     let rate = shape.rate;
     let channels = if settings.mono { 1 } else { shape.num_channels() };
     // given stems at the model rate: given22[stem][channel]
@@ -479,7 +478,7 @@ fn run_sequential(
         } else {
             Posterior::Impute { source: &source, mask: &mask }
         };
-        let x = sampler::sample(&model.denoiser, [channels, n, window], &device, &config, &posterior, &mut noise, &mut cb)?;
+        let x = sampler::sample(model.stems_denoiser(), [channels, n, window], &device, &config, &posterior, &mut noise, &mut cb)?;
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         for (c, stems) in x.into_iter().enumerate() {
             for (s, sig) in stems.into_iter().enumerate() {

@@ -163,3 +163,23 @@ fn import_round_trip_through_our_model_file() {
     let b = back.denoiser.denoise(x, 0.3).unwrap();
     assert_eq!(max_abs(&a, &b), 0.0);
 }
+
+#[test]
+fn isdm_composes_single_stem_denoisers_in_stem_order() {
+    let dir = fixture_dirs().into_iter().find(|d| d.ends_with("isdm_tiny1")).expect("the 1-stem fixture");
+    let one = || load(&dir).model;
+    let single = one();
+    let isdm = Model::isdm(vec![one(), one(), one(), one()]).unwrap();
+    assert_eq!(isdm.num_stems(), 4);
+    assert_eq!(isdm.meta.stems, vec!["bass", "drums", "guitar", "piano"]);
+    let x1 = &load(&dir).cases["denoise.x"]; // [B, 1, T]
+    let x = Tensor::cat(&[x1, &(x1 * 0.5).unwrap(), &(x1 * -1.0).unwrap(), &(x1 * 2.0).unwrap()], 1).unwrap();
+    let d = isdm.stems_denoiser().denoise(&x, 0.2).unwrap();
+    for n in 0..4 {
+        let want = single.denoiser.denoise(&x.narrow(1, n, 1).unwrap(), 0.2).unwrap();
+        assert_eq!(max_abs(&d.narrow(1, n, 1).unwrap(), &want), 0.0, "stem {n}");
+    }
+    // ISDM needs one-stem models
+    let four = load(&fixture_dirs().into_iter().find(|d| d.ends_with("msdm_tiny4")).unwrap()).model;
+    assert!(Model::isdm(vec![four, one()]).is_err());
+}
