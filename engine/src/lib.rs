@@ -21,6 +21,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod separator;
 pub mod unet;
+pub mod train;
 
 /// The four stems, in the model's channel order.
 pub const STEMS: [&str; 4] = ["bass", "drums", "guitar", "piano"];

@@ -1,0 +1,261 @@
+//! Plain Adam (Kingma & Ba), as `torch.optim.Adam` with the reference's settings (spec §10):
+//! lr 1e-4, betas (0.9, 0.99), eps 1e-8, no weight decay, bias-corrected. Unlike candle-nn's
+//! `AdamW` there is no decoupled weight decay and the moments are public, so a run can be saved
+//! and resumed bit-for-bit ([`Adam::save`], [`Adam::load`]).
+//!
+//! Update for a parameter p with gradient g at step t (1-based), in PyTorch's operation order:
+//! m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;
+//! p ← p − (lr / (1−β1^t)) · m / (√v / √(1−β2^t) + eps).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+/// Adam's hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    /// The reference: lr 1e-4, betas (0.9, 0.99), eps 1e-8.
+    fn default() -> Self {
+        Self { lr: 1e-4, beta1: 0.9, beta2: 0.99, eps: 1e-8 }
+    }
+}
+
+impl AdamConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("Adam: the learning rate must be a positive number, got {}", self.lr);
+        }
+        for (n, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                bail!("Adam: {n} must lie in [0, 1), got {b}");
+            }
+        }
+        if !(self.eps > 0.0) {
+            bail!("Adam: eps must be positive, got {}", self.eps);
+        }
+        Ok(())
+    }
+}
+
+/// Adam over named variables, with its first and second moments.
+pub struct Adam {
+    pub config: AdamConfig,
+    params: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    step: u64,
+}
+
+const STEP_KEY: &str = "msdm.adam.step";
+const CONFIG_KEY: &str = "msdm.adam.config";
+
+impl Adam {
+    /// Fresh moments (zeros) for `params`; names must be unique.
+    pub fn new(params: Vec<(String, Var)>, config: AdamConfig) -> Result<Self> {
+        config.validate()?;
+        let mut seen = std::collections::HashSet::new();
+        for (n, _) in &params {
+            if !seen.insert(n.as_str()) {
+                bail!("Adam: parameter name '{n}' appears twice");
+            }
+        }
+        let m = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let v = m.clone();
+        Ok(Self { config, params, m, v, step: 0 })
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// The moments of parameter `i` (first, second).
+    pub fn moments(&self, i: usize) -> (&Tensor, &Tensor) {
+        (&self.m[i], &self.v[i])
+    }
+
+    /// One update from `grads`. Every parameter must have a gradient: a missing one means the
+    /// graph does not reach it (a bug: a no-backward op, a detached tensor), never silently skipped.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let mut gs = Vec::with_capacity(self.params.len());
+        for (name, p) in &self.params {
+            let g = grads.get(p.as_tensor()).with_context(|| {
+                format!("parameter '{name}' received no gradient: the loss does not depend on it through ops with a backward")
+            })?;
+            gs.push(g.clone());
+        }
+        self.apply(&gs)
+    }
+
+    /// One update from gradients given in parameter order.
+    pub fn apply(&mut self, grads: &[Tensor]) -> Result<()> {
+        if grads.len() != self.params.len() {
+            bail!("Adam: {} gradients for {} parameters", grads.len(), self.params.len());
+        }
+        let AdamConfig { lr, beta1, beta2, eps } = self.config;
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - beta1.powi(t);
+        let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let step_size = lr / bc1;
+        for (i, ((_, p), g)) in self.params.iter().zip(grads).enumerate() {
+            let g = g.to_dtype(p.dtype())?.detach();
+            let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
+            let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
+            let update = ((&m / &denom)? * step_size)?;
+            p.set(&(p.as_tensor().detach() - update)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    /// Writes the moments (`m.<name>`, `v.<name>`, in the parameters' dtype) and the step count
+    /// to one safetensors file, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            tensors.push((format!("m.{name}"), self.m[i].to_device(&Device::Cpu)?));
+            tensors.push((format!("v.{name}"), self.v[i].to_device(&Device::Cpu)?));
+        }
+        let mut md = HashMap::new();
+        md.insert(STEP_KEY.to_string(), self.step.to_string());
+        md.insert(CONFIG_KEY.to_string(), serde_json::to_string(&self.config)?);
+        let tmp = path.with_extension("safetensors.partial");
+        safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(md), &tmp)
+            .with_context(|| format!("cannot write the optimizer state '{}'", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move the optimizer state into '{}'", path.display()))?;
+        Ok(())
+    }
+
+    /// Restores moments and step count saved by [`Adam::save`] for the same parameters. The
+    /// hyper-parameters come from `config` (the caller decides whether they may change).
+    pub fn load(params: Vec<(String, Var)>, config: AdamConfig, path: &Path) -> Result<Self> {
+        let mut adam = Self::new(params, config)?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read the optimizer state '{}'", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("'{}' is not a safetensors file", path.display()))?;
+        let md = header.metadata().clone().unwrap_or_default();
+        let step: u64 = md
+            .get(STEP_KEY)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("'{}' is not an optimizer state (no '{STEP_KEY}')", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("'{}' is damaged", path.display()))?;
+        let expected = 2 * adam.params.len();
+        if st.len() != expected {
+            bail!(
+                "the optimizer state '{}' holds {} tensors but the model needs {expected}: it belongs to another model",
+                path.display(),
+                st.len()
+            );
+        }
+        for (i, (name, p)) in adam.params.iter().enumerate() {
+            for (which, slot) in [("m", &mut adam.m[i]), ("v", &mut adam.v[i])] {
+                let key = format!("{which}.{name}");
+                let view = st.tensor(&key).with_context(|| {
+                    format!("the optimizer state '{}' has no '{key}': it belongs to another model", path.display())
+                })?;
+                let t = candle_core::safetensors::Load::load(&view, &Device::Cpu)?;
+                if t.dims() != p.dims() {
+                    bail!("optimizer moment '{key}' has shape {:?}, the parameter {:?}", t.dims(), p.dims());
+                }
+                *slot = t.to_dtype(p.dtype())?.to_device(p.device())?;
+            }
+        }
+        adam.step = step;
+        Ok(adam)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn var(v: &[f32]) -> Var {
+        Var::from_tensor(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// Scalar Adam by hand, in f64, against the tensor implementation (f32).
+    #[test]
+    fn matches_hand_computed_adam() {
+        let cfg = AdamConfig { lr: 0.1, ..AdamConfig::default() };
+        let p = var(&[1.0, -2.0]);
+        let mut adam = Adam::new(vec![("p".into(), p.clone())], cfg).unwrap();
+        let (mut x, mut m, mut v) = ([1.0f64, -2.0], [0.0f64; 2], [0.0f64; 2]);
+        for t in 1..=5 {
+            // loss = sum(x^3): g = 3x^2
+            let loss = p.as_tensor().powf(3.0).unwrap().sum_all().unwrap();
+            adam.step(&loss.backward().unwrap()).unwrap();
+            for i in 0..2 {
+                let g = 3.0 * x[i] * x[i];
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.99 * v[i] + 0.01 * g * g;
+                let denom = v[i].sqrt() / (1.0 - 0.99f64.powi(t)).sqrt() + 1e-8;
+                x[i] -= 0.1 / (1.0 - 0.9f64.powi(t)) * m[i] / denom;
+            }
+        }
+        let got: Vec<f32> = p.as_tensor().to_vec1().unwrap();
+        for i in 0..2 {
+            assert!((got[i] as f64 - x[i]).abs() < 1e-5, "{got:?} vs {x:?}");
+        }
+        assert_eq!(adam.step_count(), 5);
+    }
+
+    #[test]
+    fn missing_gradient_is_an_error() {
+        let a = var(&[1.0]);
+        let b = var(&[2.0]);
+        let mut adam = Adam::new(vec![("a".into(), a.clone()), ("b".into(), b)], AdamConfig::default()).unwrap();
+        let grads = a.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let err = adam.step(&grads).unwrap_err().to_string();
+        assert!(err.contains("'b' received no gradient"), "{err}");
+    }
+
+    #[test]
+    fn save_load_resumes_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |p: &Var, adam: &mut Adam, n: usize| {
+            for _ in 0..n {
+                let loss = (p.as_tensor().sin().unwrap() * 3.0).unwrap().sum_all().unwrap();
+                adam.step(&loss.backward().unwrap()).unwrap();
+            }
+        };
+        let cfg = AdamConfig::default();
+        let p1 = var(&[0.3, 0.7, -1.1]);
+        let mut a1 = Adam::new(vec![("w".into(), p1.clone())], cfg).unwrap();
+        run(&p1, &mut a1, 6);
+
+        let p2 = var(&[0.3, 0.7, -1.1]);
+        let mut a2 = Adam::new(vec![("w".into(), p2.clone())], cfg).unwrap();
+        run(&p2, &mut a2, 3);
+        let path = dir.path().join("opt.safetensors");
+        a2.save(&path).unwrap();
+        let p3 = Var::from_tensor(&p2.as_tensor().copy().unwrap()).unwrap();
+        let mut a3 = Adam::load(vec![("w".into(), p3.clone())], cfg, &path).unwrap();
+        assert_eq!(a3.step_count(), 3);
+        run(&p3, &mut a3, 3);
+        let (x1, x3): (Vec<f32>, Vec<f32>) = (p1.as_tensor().to_vec1().unwrap(), p3.as_tensor().to_vec1().unwrap());
+        assert_eq!(x1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), x3.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+
+        // another model's state is refused with a clear message
+        let q = var(&[1.0]);
+        let err = Adam::load(vec![("other".into(), q)], cfg, &path).err().unwrap().to_string();
+        assert!(err.contains("another model") || err.contains("shape"), "{err}");
+    }
+}

@@ -1,0 +1,379 @@
+//! The training loop: batches from the multi-source dataset, the denoising loss, Adam, periodic
+//! validation with fixed draws, checkpoints (every N steps, at the end and when asked to stop)
+//! and bit-for-bit resume.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+
+use super::adam::Adam;
+use super::loss::{denoising_loss, draw_noise, item_losses, LossBatch};
+use super::net::TrainableNet;
+use super::run::{self, CsvLog, RunSettings, RunState};
+use super::seeds::{self, EpochSampler, Purpose};
+use crate::data::MultiSourceDataset;
+use crate::model_file::{Model, ModelMeta, StoreDType};
+
+/// When to stop, checkpoint, validate and log. These may change between sessions of a run.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Train until this many steps in total (not: this many more).
+    pub steps: u64,
+    /// Checkpoint every this many steps (0: only at the end and on stop).
+    pub checkpoint_every: u64,
+    /// Validate every this many steps (0: never).
+    pub val_every: u64,
+    /// Write a CSV row (mean loss since the last row) every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self { steps: 1000, checkpoint_every: 500, val_every: 1000, log_every: 10 }
+    }
+}
+
+/// What the loop reports to its caller (a progress bar).
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The loop starts at `step` of `steps`.
+    Started { step: u64, steps: u64, parameters: usize, train_items: usize, val_items: usize },
+    /// A step finished: its loss, the mean loss of recent steps and the current speed.
+    Step { step: u64, loss: f64, mean_loss: f64, steps_per_s: f64 },
+    /// A validation pass finished; `best` when it is the lowest so far (saved to best.safetensors).
+    Validated { step: u64, loss: f64, best: bool },
+    Checkpointed { step: u64 },
+}
+
+/// How a call to [`train`] ended.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub start_step: u64,
+    pub end_step: u64,
+    /// True when the stop flag ended the loop before `steps`.
+    pub stopped: bool,
+    pub last_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub steps_per_s: f64,
+}
+
+/// A training run in memory: its settings and progress, the network's variables, the optimizer
+/// and the data.
+pub struct Trainer {
+    pub run_dir: PathBuf,
+    pub state: RunState,
+    pub net: TrainableNet,
+    adam: Adam,
+    train_data: MultiSourceDataset,
+    val_data: Option<MultiSourceDataset>,
+    sampler: EpochSampler,
+    /// Wall/CPU time of this session not yet added to `state`.
+    session_wall: Instant,
+    session_cpu: Option<f64>,
+}
+
+fn open_split(s: &RunSettings, split: &str) -> Result<MultiSourceDataset> {
+    let ds = MultiSourceDataset::open(&s.data_root, split, s.window, s.min_duration, s.max_duration)
+        .with_context(|| format!("opening the '{split}' split of {}", s.data_root.display()))?;
+    if ds.is_empty() {
+        bail!(
+            "the '{split}' split of {} holds {:.1} s of audio, less than one training window of {} samples",
+            s.data_root.display(),
+            ds.total_samples() as f64 / crate::MODEL_RATE as f64,
+            s.window
+        );
+    }
+    if let Some(t) = ds.tracks().iter().find(|t| t.len < s.window) {
+        bail!(
+            "track {} in the '{split}' split is shorter ({} samples) than the training window ({} samples); \
+             raise the minimum track duration to at least {:.2} s so such tracks are left out",
+            t.name,
+            t.len,
+            s.window,
+            s.window as f64 / crate::MODEL_RATE as f64
+        );
+    }
+    Ok(ds)
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir` (created; it must not already hold a run). `with_validation`
+    /// opens the validation split (needed when the schedule validates).
+    pub fn create(run_dir: &Path, settings: RunSettings, with_validation: bool, device: &Device) -> Result<Self> {
+        settings.validate()?;
+        if run_dir.join(run::STATE_FILE).exists() {
+            bail!("'{}' already holds a training run: resume it with --resume, or pick another run directory", run_dir.display());
+        }
+        std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create the run directory '{}'", run_dir.display()))?;
+        let net = TrainableNet::random(&settings.config, settings.seed, DType::F32, device)?;
+        let adam = Adam::new(net.vars.clone(), settings.adam)?;
+        let state = RunState::new(settings);
+        let mut t = Self::assemble(run_dir, state, net, adam, with_validation)?;
+        t.checkpoint()?; // step 0: the run can be resumed from the start
+        Ok(t)
+    }
+
+    /// Reopens the run in `run_dir` at its last checkpoint.
+    pub fn resume(run_dir: &Path, with_validation: bool, device: &Device) -> Result<Self> {
+        let state = RunState::load(run_dir)?;
+        state.settings.validate()?;
+        let model = Model::load(&run_dir.join(run::MODEL_FILE), &Device::Cpu)?;
+        if model.config != state.settings.config {
+            bail!("{} in '{}' has another config than the run: the run directory is damaged", run::MODEL_FILE, run_dir.display());
+        }
+        let model_step = model.meta.info.get("steps").and_then(|v| v.as_u64());
+        let net = TrainableNet::from_model(&model, DType::F32, device)?;
+        let adam = Adam::load(net.vars.clone(), state.settings.adam, &run_dir.join(run::OPTIMIZER_FILE))?;
+        if model_step != Some(state.step) || adam.step_count() != state.step {
+            bail!(
+                "the checkpoint in '{}' is inconsistent ({} says step {}, the model {:?}, the optimizer {}); \
+                 it was interrupted while being written — start a new run or restore the files",
+                run_dir.display(),
+                run::STATE_FILE,
+                state.step,
+                model_step,
+                adam.step_count()
+            );
+        }
+        Self::assemble(run_dir, state, net, adam, with_validation)
+    }
+
+    fn assemble(run_dir: &Path, state: RunState, net: TrainableNet, adam: Adam, with_validation: bool) -> Result<Self> {
+        let s = &state.settings;
+        let train_data = open_split(s, &s.train_split)?;
+        let val_data = if with_validation { Some(open_split(s, &s.val_split)?) } else { None };
+        let sampler = EpochSampler::new(train_data.len(), s.batch_size, s.seed);
+        Ok(Self {
+            run_dir: run_dir.to_path_buf(),
+            state,
+            net,
+            adam,
+            train_data,
+            val_data,
+            sampler,
+            session_wall: Instant::now(),
+            session_cpu: run::process_cpu_seconds(),
+        })
+    }
+
+    pub fn settings(&self) -> &RunSettings {
+        &self.state.settings
+    }
+
+    /// Optimizer steps done.
+    pub fn step_count(&self) -> u64 {
+        self.state.step
+    }
+
+    pub fn train_items(&self) -> usize {
+        self.train_data.len()
+    }
+
+    pub fn val_items(&self) -> usize {
+        self.val_data.as_ref().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// The batch of step `step`: item indices from the epoch order, then shifts, σ and ε from the
+    /// step's own stream.
+    fn batch_for_step(&mut self, step: u64) -> Result<LossBatch> {
+        let s = &self.state.settings;
+        let indices = self.sampler.indices(step);
+        let mut rng = seeds::stream(s.seed, Purpose::Step, step);
+        let x = self.train_data.batch(&indices, &mut rng)?;
+        self.to_loss_batch(x, &mut rng)
+    }
+
+    fn to_loss_batch(&self, x: Vec<f32>, rng: &mut rand_chacha::ChaCha20Rng) -> Result<LossBatch> {
+        let s = &self.state.settings;
+        let (b, l) = (x.len() / (4 * s.window), s.window);
+        let x = match s.stem {
+            None => x,
+            Some(st) => (0..b).flat_map(|i| x[(i * 4 + st) * l..(i * 4 + st + 1) * l].to_vec()).collect(),
+        };
+        let c = s.config.in_channels;
+        let draw = draw_noise(rng, s.config.diffusion_sigma_distribution, b, c * l);
+        Ok(LossBatch::new(x, c, draw, self.net.dtype(), &self.net.device())?)
+    }
+
+    /// One optimizer step; returns its loss. A non-finite loss stops training with an error before
+    /// the weights are touched (the last checkpoint stays intact).
+    pub fn step(&mut self) -> Result<f64> {
+        let step = self.state.step;
+        let batch = self.batch_for_step(step)?;
+        let loss = denoising_loss(&self.net.denoiser, &batch)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            bail!(
+                "the training loss became {value} at step {}; the weights were not updated and the last checkpoint is \
+                 intact — resume with a lower learning rate",
+                step + 1
+            );
+        }
+        let grads = loss.backward()?;
+        self.adam.step(&grads)?;
+        self.state.step += 1;
+        Ok(value)
+    }
+
+    /// The validation loss: `val_batches` batches spread evenly over the validation items, with
+    /// shifts, σ and ε from fixed streams (the same draws at every validation of the run).
+    pub fn validate(&mut self) -> Result<f64> {
+        let Some(val) = &self.val_data else {
+            bail!("this trainer was opened without its validation split");
+        };
+        let s = &self.state.settings;
+        let n = (s.val_batches * s.batch_size).min(val.len()).max(1);
+        let items: Vec<usize> = (0..n).map(|i| i * val.len() / n).collect();
+        let mut total = 0.0;
+        for (bi, chunk) in items.chunks(s.batch_size).enumerate() {
+            let mut rng = seeds::stream(s.seed, Purpose::Validation, bi as u64);
+            let x = val.batch(chunk, &mut rng)?;
+            let batch = self.to_loss_batch(x, &mut rng)?;
+            let losses = item_losses(&self.net.denoiser, &batch)?.detach();
+            total += losses.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        }
+        Ok(total / n as f64)
+    }
+
+    fn account_time(&mut self) {
+        let now = Instant::now();
+        self.state.wall_seconds += now.duration_since(self.session_wall).as_secs_f64();
+        self.session_wall = now;
+        let cpu = run::process_cpu_seconds();
+        if let (Some(a), Some(b)) = (self.session_cpu, cpu) {
+            self.state.cpu_seconds += (b - a).max(0.0);
+        }
+        self.session_cpu = cpu;
+    }
+
+    /// Wall-clock training seconds of the run so far (all sessions).
+    pub fn elapsed_seconds(&self) -> f64 {
+        self.state.wall_seconds + self.session_wall.elapsed().as_secs_f64()
+    }
+
+    fn meta(&self, val_loss: Option<f64>) -> ModelMeta {
+        let s = &self.state.settings;
+        ModelMeta {
+            window: s.window,
+            stems: match s.stem {
+                None => s.config.default_stems(),
+                Some(st) => vec![crate::STEMS[st].to_string()],
+            },
+            info: serde_json::json!({
+                "source": "msdm train",
+                "steps": self.state.step,
+                "epochs": self.sampler.epochs(self.state.step),
+                "data": s.data_root.display().to_string(),
+                "train_split": s.train_split,
+                "train_items": self.train_data.len(),
+                "train_seconds_of_audio": self.train_data.total_samples() as f64 / crate::MODEL_RATE as f64,
+                "seed": s.seed,
+                "batch_size": s.batch_size,
+                "window": s.window,
+                "adam": s.adam,
+                "cpu_seconds": self.state.cpu_seconds,
+                "wall_seconds": self.state.wall_seconds,
+                "val_loss": val_loss,
+            }),
+        }
+    }
+
+    /// Writes model, optimizer and `trainer.json` (last: it commits the checkpoint).
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.account_time();
+        let model = self.net.to_model(self.meta(None))?;
+        model.save(&self.run_dir.join(run::MODEL_FILE), StoreDType::F32)?;
+        self.adam.save(&self.run_dir.join(run::OPTIMIZER_FILE))?;
+        self.state.save(&self.run_dir)
+    }
+
+    /// Records a validation loss; saves `best.safetensors` when it is the lowest so far.
+    fn record_validation(&mut self, loss: f64) -> Result<bool> {
+        let best = self.state.best_val_loss.is_none_or(|b| loss < b);
+        if best {
+            self.account_time();
+            let model = self.net.to_model(self.meta(Some(loss)))?;
+            model.save(&self.run_dir.join(run::BEST_FILE), StoreDType::F32)?;
+            self.state.best_val_loss = Some(loss);
+            self.state.best_step = Some(self.state.step);
+        }
+        Ok(best)
+    }
+}
+
+/// Trains until `schedule.steps` or until `stop` is set (then checkpoints and returns).
+pub fn train(trainer: &mut Trainer, schedule: &Schedule, stop: &AtomicBool, progress: &mut dyn FnMut(&Event)) -> Result<Summary> {
+    if schedule.val_every > 0 && trainer.val_data.is_none() {
+        bail!("the schedule validates every {} steps but the trainer was opened without validation data", schedule.val_every);
+    }
+    let start_step = trainer.step_count();
+    let csv = CsvLog::open(&trainer.run_dir, start_step)?;
+    progress(&Event::Started {
+        step: start_step,
+        steps: schedule.steps,
+        parameters: trainer.net.parameter_count(),
+        train_items: trainer.train_items(),
+        val_items: trainer.val_items(),
+    });
+    let t0 = Instant::now();
+    let log_every = schedule.log_every.max(1);
+    let (mut window_sum, mut window_n, mut window_t) = (0.0, 0u64, Instant::now());
+    let mut recent: std::collections::VecDeque<f64> = Default::default();
+    let mut last_loss = None;
+    let mut stopped = false;
+    let mut saved_step = start_step;
+    while trainer.step_count() < schedule.steps {
+        if stop.load(Ordering::SeqCst) {
+            stopped = true;
+            break;
+        }
+        let loss = trainer.step()?;
+        let step = trainer.step_count();
+        last_loss = Some(loss);
+        window_sum += loss;
+        window_n += 1;
+        recent.push_back(loss);
+        if recent.len() > 50 {
+            recent.pop_front();
+        }
+        let done = step - start_step;
+        let sps = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        progress(&Event::Step { step, loss, mean_loss: recent.iter().sum::<f64>() / recent.len() as f64, steps_per_s: sps });
+
+        let val_loss = if schedule.val_every > 0 && step % schedule.val_every == 0 {
+            let v = trainer.validate()?;
+            let best = trainer.record_validation(v)?;
+            progress(&Event::Validated { step, loss: v, best });
+            Some(v)
+        } else {
+            None
+        };
+        if step % log_every == 0 || val_loss.is_some() {
+            let rate = window_n as f64 / window_t.elapsed().as_secs_f64().max(1e-9);
+            let mean = (window_n > 0).then(|| window_sum / window_n as f64);
+            csv.append(step, mean, rate, trainer.elapsed_seconds(), val_loss)?;
+            (window_sum, window_n, window_t) = (0.0, 0, Instant::now());
+        }
+        if schedule.checkpoint_every > 0 && step % schedule.checkpoint_every == 0 {
+            trainer.checkpoint()?;
+            saved_step = step;
+            progress(&Event::Checkpointed { step });
+        }
+    }
+    let end_step = trainer.step_count();
+    if end_step != saved_step {
+        trainer.checkpoint()?;
+        progress(&Event::Checkpointed { step: end_step });
+    }
+    Ok(Summary {
+        start_step,
+        end_step,
+        stopped,
+        last_loss,
+        best_val_loss: trainer.state.best_val_loss,
+        steps_per_s: (end_step - start_step) as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+    })
+}

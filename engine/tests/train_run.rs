@@ -1,0 +1,173 @@
+//! The training loop on a small dataset written here: bit-for-bit resume, stop flag, run files,
+//! validation and clear errors.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+use msdm::config::ModelConfig;
+use msdm::model_file::Model;
+use msdm::train::{train, Event, RunSettings, Schedule, Trainer};
+
+/// `<root>/<split>/TrackNNNNN/{bass,drums,guitar,piano}.wav`: 1 s of tones and clicks at 22,050 Hz.
+fn write_dataset(root: &Path) {
+    let spec = hound::WavSpec { channels: 1, sample_rate: 22_050, bits_per_sample: 32, sample_format: hound::SampleFormat::Float };
+    for (split, tracks) in [("train", 3), ("validation", 2)] {
+        for t in 0..tracks {
+            let dir = root.join(split).join(format!("Track{t:05}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (s, stem) in msdm::STEMS.iter().enumerate() {
+                if split == "train" && t == 1 && s == 2 {
+                    continue; // a missing stem reads as silence
+                }
+                let mut w = hound::WavWriter::create(dir.join(format!("{stem}.wav")), spec).unwrap();
+                for n in 0..22_050 {
+                    let f = 55.0 * (1 + s + t) as f32;
+                    let v = match s {
+                        1 => if n % 5512 < 200 { 0.5 * (1.0 - (n % 5512) as f32 / 200.0) } else { 0.0 },
+                        _ => 0.25 * (std::f32::consts::TAU * f * n as f32 / 22_050.0).sin(),
+                    };
+                    w.write_sample(v).unwrap();
+                }
+                w.finalize().unwrap();
+            }
+        }
+    }
+}
+
+fn settings(root: &Path) -> RunSettings {
+    let mut s = RunSettings::new(ModelConfig::tiny(), root.to_path_buf(), 42);
+    s.window = 256;
+    s.batch_size = 2;
+    s.min_duration = 0.5;
+    s.val_batches = 2;
+    s.adam.lr = 1e-3;
+    s
+}
+
+fn schedule(steps: u64) -> Schedule {
+    Schedule { steps, checkpoint_every: 2, val_every: 3, log_every: 1 }
+}
+
+fn weights_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let m = Model::load(path, &Device::Cpu).unwrap();
+    m.tensors()
+        .iter()
+        .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()))
+        .collect()
+}
+
+fn run(trainer: &mut Trainer, steps: u64) -> Vec<(u64, f64)> {
+    let mut losses = Vec::new();
+    let stop = AtomicBool::new(false);
+    train(trainer, &schedule(steps), &stop, &mut |e| {
+        if let Event::Step { step, loss, .. } = e {
+            losses.push((*step, *loss));
+        }
+    })
+    .unwrap();
+    losses
+}
+
+#[test]
+fn train_resume_is_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+
+    let straight = dir.path().join("straight");
+    let mut t = Trainer::create(&straight, settings(&data), true, &Device::Cpu).unwrap();
+    let all = run(&mut t, 6);
+    drop(t);
+
+    let split = dir.path().join("split");
+    let mut t = Trainer::create(&split, settings(&data), true, &Device::Cpu).unwrap();
+    let mut parts = run(&mut t, 3);
+    drop(t);
+    let mut t = Trainer::resume(&split, true, &Device::Cpu).unwrap();
+    assert_eq!(t.step_count(), 3);
+    parts.extend(run(&mut t, 6));
+    assert_eq!(t.step_count(), 6);
+
+    assert_eq!(all.iter().map(|p| p.1.to_bits()).collect::<Vec<_>>(), parts.iter().map(|p| p.1.to_bits()).collect::<Vec<_>>());
+    let (a, b) = (weights_bits(&straight.join("model.safetensors")), weights_bits(&split.join("model.safetensors")));
+    assert_eq!(a.len(), b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(va == vb, "'{na}' differs after resume");
+    }
+    // ... and training did change the weights
+    let init = Model::random(ModelConfig::tiny(), 42, &Device::Cpu).unwrap();
+    let m = Model::load(&straight.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_ne!(init.id(), m.id());
+
+    // run files: model meta, optimizer, CSV (same rows either way), best model
+    assert_eq!(m.meta.info["steps"], 6);
+    assert_eq!(m.meta.info["seed"], 42);
+    assert!(m.meta.info["cpu_seconds"].as_f64().is_some());
+    for f in ["optimizer.safetensors", "best.safetensors", "trainer.json", "train.csv"] {
+        assert!(straight.join(f).exists(), "{f} missing");
+    }
+    let csv = |p: &Path| std::fs::read_to_string(p.join("train.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv(&split).lines().map(|l| l.split(',').map(String::from).collect()).collect();
+    assert_eq!(rows[0].join(","), "step,loss,steps_per_s,elapsed_s,val_loss");
+    assert_eq!(rows.iter().skip(1).map(|r| r[0].clone()).collect::<Vec<_>>(), ["1", "2", "3", "4", "5", "6"]);
+    let vals: Vec<&String> = rows.iter().skip(1).map(|r| &r[4]).filter(|v| !v.is_empty()).collect();
+    assert_eq!(vals.len(), 2, "validation at steps 3 and 6");
+    let col = |text: String, i: usize| text.lines().map(|l| l.split(',').nth(i).unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(col(csv(&straight), 1), col(csv(&split), 1));
+    assert_eq!(col(csv(&straight), 4), col(csv(&split), 4), "validation losses are fixed draws");
+}
+
+#[test]
+fn train_stop_flag_checkpoints_and_resume_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+    let run_dir = dir.path().join("run");
+    let mut t = Trainer::create(&run_dir, settings(&data), false, &Device::Cpu).unwrap();
+    let stop = AtomicBool::new(false);
+    let sched = Schedule { steps: 100, checkpoint_every: 0, val_every: 0, log_every: 10 };
+    let summary = train(&mut t, &sched, &stop, &mut |e| {
+        if let Event::Step { step: 4, .. } = e {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst); // as the Ctrl-C handler does
+        }
+    })
+    .unwrap();
+    assert!(summary.stopped);
+    assert_eq!(summary.end_step, 4);
+    drop(t);
+    let t = Trainer::resume(&run_dir, false, &Device::Cpu).unwrap();
+    assert_eq!(t.step_count(), 4);
+    let m = Model::load(&run_dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(m.meta.info["steps"], 4);
+}
+
+#[test]
+fn train_bad_setups_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+
+    let err = |r: anyhow::Result<Trainer>| format!("{:#}", r.err().expect("should fail"));
+    let e = err(Trainer::resume(&dir.path().join("nothing"), false, &Device::Cpu));
+    assert!(e.contains("not a training run"), "{e}");
+
+    let mut s = settings(&data);
+    s.window = 100;
+    let e = err(Trainer::create(&dir.path().join("a"), s, false, &Device::Cpu));
+    assert!(e.contains("multiple of the model's length multiple"), "{e}");
+
+    let e = err(Trainer::create(&dir.path().join("b"), settings(&dir.path().join("no-data")), false, &Device::Cpu));
+    assert!(e.contains("not found"), "{e}");
+
+    let mut s = settings(&data);
+    s.window = 32 * 1024; // longer than every track
+    let e = err(Trainer::create(&dir.path().join("c"), s, false, &Device::Cpu));
+    assert!(e.contains("shorter") && e.contains("training window"), "{e}");
+
+    let run_dir = dir.path().join("d");
+    Trainer::create(&run_dir, settings(&data), false, &Device::Cpu).unwrap();
+    let e = err(Trainer::create(&run_dir, settings(&data), false, &Device::Cpu));
+    assert!(e.contains("--resume"), "{e}");
+}
