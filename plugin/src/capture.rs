@@ -182,3 +182,55 @@ impl Recorder {
         self.current.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::MsdmParams;
+    use std::sync::Arc;
+
+    fn time(playing: bool, pos: i64) -> BlockTime {
+        BlockTime { playing, pos: Some(pos), rate: 48_000, tempo: Some(120.0), beats_per_bar: Some(4.0) }
+    }
+
+    /// Contiguous blocks share a chunk; a jump starts a new one; stopping sends `Stopped` and disarms.
+    #[test]
+    fn chunks_follow_the_timeline() {
+        let (shared, link) = Shared::new(Arc::new(MsdmParams::default()));
+        for _ in 0..4 {
+            link.free_filler.send(Chunk::new()).unwrap();
+        }
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let mut r = Recorder::default();
+        let data: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let mut inputs: [Option<&[f32]>; CAPTURE_CHANNELS] = [None; CAPTURE_CHANNELS];
+        inputs[0] = Some(&data);
+        r.record(&shared, &tx, &link.free, time(true, 1000), &inputs, 100);
+        r.record(&shared, &tx, &link.free, time(true, 1100), &inputs, 100);
+        assert!(rx.try_recv().is_err(), "contiguous blocks stay in one chunk");
+        r.record(&shared, &tx, &link.free, time(true, 500), &inputs, 100); // loop jump
+        let Ok(ToWorker::Chunk(c)) = rx.try_recv() else { panic!("jump flushes the chunk") };
+        assert_eq!((c.start, c.len), (1000, 200));
+        assert_eq!(c.channel(0)[150], 50.0);
+        assert_eq!(c.channel(1)[150], 50.0, "mono main input is duplicated");
+        assert_eq!(c.channel(2)[150], 0.0, "a missing sidechain is silence");
+        r.record(&shared, &tx, &link.free, time(false, 600), &inputs, 100);
+        let Ok(ToWorker::Chunk(c)) = rx.try_recv() else { panic!("stop flushes the chunk") };
+        assert_eq!((c.start, c.len), (500, 100));
+        assert!(matches!(rx.try_recv(), Ok(ToWorker::Stopped)));
+        assert!(!shared.armed.load(Ordering::Acquire));
+    }
+
+    /// An empty pool drops the block and counts an overrun instead of allocating.
+    #[test]
+    fn empty_pool_counts_overruns() {
+        let (shared, link) = Shared::new(Arc::new(MsdmParams::default()));
+        let (tx, _rx) = crossbeam_channel::bounded(16);
+        let mut r = Recorder::default();
+        let data = vec![0.5f32; 64];
+        let mut inputs: [Option<&[f32]>; CAPTURE_CHANNELS] = [None; CAPTURE_CHANNELS];
+        inputs[0] = Some(&data);
+        r.record(&shared, &tx, &link.free, time(true, 0), &inputs, 64);
+        assert_eq!(shared.overruns.load(Ordering::Relaxed), 1);
+    }
+}

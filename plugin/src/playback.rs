@@ -132,3 +132,65 @@ impl Player {
         (self.current.take(), self.garbage.take())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(start: i64, len: usize) -> Box<PlaySet> {
+        let stems = std::array::from_fn(|k| std::array::from_fn(|c| (0..len).map(|t| (t * 10 + k * 2 + c) as f32).collect()));
+        Box::new(PlaySet { rate: 48_000, start, len, fade: 0, stems })
+    }
+
+    fn render(p: &Player, playing: bool, pos: i64, n: usize) -> Vec<Vec<Vec<f32>>> {
+        let mut store: Vec<Vec<Vec<f32>>> = vec![vec![vec![9.0; n]; 2]; STEM_COUNT];
+        let mut slices: Vec<Vec<&mut [f32]>> = store.iter_mut().map(|s| s.iter_mut().map(|c| c.as_mut_slice()).collect()).collect();
+        let mut bufs: Vec<Buffer> = slices
+            .iter_mut()
+            .map(|s| {
+                let mut b = Buffer::default();
+                unsafe { b.set_slices(n, |out| *out = s.drain(..).collect()) };
+                b
+            })
+            .collect();
+        p.render(playing, Some(pos), 48_000, n, &mut bufs, None);
+        drop(bufs);
+        store
+    }
+
+    /// Stem sample t = pos + i - start, silence outside the region and when stopped.
+    #[test]
+    fn playback_is_keyed_to_the_timeline() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (gtx, grx) = crossbeam_channel::bounded(4);
+        let mut p = Player::default();
+        tx.send(ToAudio::Play(set(100, 50))).unwrap();
+        p.receive(&rx, &gtx);
+        let out = render(&p, true, 90, 20);
+        assert_eq!(out[0][0][9], 0.0);
+        assert_eq!(out[0][0][10], 0.0 * 10.0);
+        assert_eq!(out[2][1][15], (5 * 10 + 2 * 2 + 1) as f32);
+        let out = render(&p, true, 140, 20);
+        assert_eq!(out[3][0][9], (49 * 10 + 6) as f32);
+        assert_eq!(out[3][0][10], 0.0);
+        let out = render(&p, false, 110, 20);
+        assert!(out.iter().flatten().flatten().all(|x| *x == 0.0));
+        // A new set replaces the old one, which goes back for freeing.
+        tx.send(ToAudio::Play(set(0, 10))).unwrap();
+        p.receive(&rx, &gtx);
+        assert_eq!(grx.try_recv().unwrap().start, 100);
+        tx.send(ToAudio::Clear).unwrap();
+        p.receive(&rx, &gtx);
+        assert!(!p.has_stems());
+    }
+
+    #[test]
+    fn fades_ramp_at_the_edges() {
+        let mut s = set(0, 100);
+        s.fade = 10;
+        assert!(s.fade_gain(0) < 0.1);
+        assert!(s.fade_gain(99) < 0.1);
+        assert_eq!(s.fade_gain(50), 1.0);
+        assert!(s.fade_gain(5) > s.fade_gain(4));
+    }
+}

@@ -455,7 +455,14 @@ impl Worker {
                     self.rendered = Some(r);
                     message = format!("Restored take {} from the cache.", session.current.unwrap_or(0) + 1);
                 }
-                Err(e) => warnings.insert(0, missing_text(take, &e)),
+                Err(e) => {
+                    warnings.insert(0, missing_text(take, &e));
+                    if take.clip.is_some() {
+                        // Re-arm: playing the region captures it again and the render that
+                        // follows uses the saved seed and settings.
+                        self.shared.armed.store(true, Ordering::Release);
+                    }
+                }
             }
         }
         {
@@ -495,7 +502,7 @@ impl Worker {
 
 fn missing_text(take: &Take, e: &anyhow::Error) -> String {
     let how = if take.clip.is_some() {
-        "Arm and play the same region again, then press Process"
+        "The plugin is armed: play the same region again and stop"
     } else {
         "Press Process"
     };
@@ -602,5 +609,58 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "panic".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{Chunk, CAPTURE_CHANNELS, CHUNK_FRAMES};
+    use crate::params::MsdmParams;
+    use crate::playback::ToAudio;
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The editor's Cancel stops a running render: no take, no stems, a "cancelled" message.
+    #[test]
+    fn cancel_stops_a_running_render() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("tiny.safetensors");
+        msdm::model_file::Model::random(msdm::config::ModelConfig::tiny(), 3, &candle_core::Device::Cpu)
+            .unwrap()
+            .save(&model, msdm::model_file::StoreDType::F32)
+            .unwrap();
+        std::env::set_var("MSDM_CACHE_DIR", dir.path().join("cache"));
+        std::env::set_var("MSDM_PLUGIN_STEPS", "100000");
+        let params = Arc::new(MsdmParams::default());
+        params.session.update(|s| s.model_path = Some(model.display().to_string()));
+        let (shared, link) = Shared::new(params);
+        shared.send(Command::Activated { rate: 48_000 });
+        let mut c = Chunk::new();
+        c.start = 0;
+        c.len = CHUNK_FRAMES;
+        c.rate = 48_000;
+        for ch in 0..CAPTURE_CHANNELS.min(2) {
+            for i in 0..CHUNK_FRAMES {
+                c.data[ch * CHUNK_FRAMES + i] = (i as f32 * 0.05).sin() * 0.3;
+            }
+        }
+        link.to_worker.send(ToWorker::Chunk(c)).unwrap();
+        link.to_worker.send(ToWorker::Stopped).unwrap();
+        wait_until("denoiser progress", || matches!(shared.status().phase, Phase::Processing { done, .. } if done > 0));
+        shared.send(Command::Cancel);
+        wait_until("the render to stop", || !matches!(shared.status().phase, Phase::Processing { .. }));
+        assert_eq!(shared.status().message, "Render cancelled.");
+        assert!(shared.params.session.get().takes.is_empty());
+        assert!(shared.params.session.get().clip.is_some(), "the capture is kept for re-processing");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!matches!(link.from_worker.try_recv(), Ok(ToAudio::Play(_))), "stems published after cancel");
+        shared.shutdown();
     }
 }
