@@ -34,6 +34,57 @@ pub struct BenchArgs {
     /// Print the result as JSON (last line)
     #[arg(long)]
     json: bool,
+    /// Noise level σ of the timed denoiser calls
+    #[arg(long, default_value_t = 0.3)]
+    sigma: f32,
+    /// Write the model that is timed to this file (f32), e.g. to time the PyTorch reference on the
+    /// same weights (tools/bench/)
+    #[arg(long)]
+    save_model: Option<std::path::PathBuf>,
+    /// Write the input `x` and the output `y` = D(x, σ) of the first call to this safetensors file
+    #[arg(long)]
+    dump_io: Option<std::path::PathBuf>,
+    /// Network dtype: f32, f16 or bf16 (f16/bf16 are meant for GPUs)
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Also time one separation of one `--length` window (batch 1) at the default settings
+    #[arg(long)]
+    window_separation: bool,
+}
+
+/// One Dirac/Gaussian separation of one `length`-sample window (batch 1) at the model's default
+/// separation settings: seconds with our seeded CPU noise, seconds with the draws replayed from
+/// one buffer (the cost without the CPU RNG), and the number of denoiser calls.
+fn window_separation(model: &Model, length: usize, device: &candle_core::Device) -> Result<(f64, f64, usize)> {
+    struct Replay(Vec<f32>);
+    impl msdm::noise::NoiseSource for Replay {
+        fn draw(&mut self, n: usize) -> Result<Vec<f32>> {
+            Ok(self.0[..n].to_vec())
+        }
+    }
+    let job = Job::Separate { mix: msdm::audio::AudioBuffer::new(msdm::MODEL_RATE, vec![vec![0.0; 1]]) };
+    let settings = Settings::for_job(&job, model);
+    let cfg = settings.sampler_config();
+    let mix: Vec<f32> = (0..length).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
+    let mixture = Tensor::from_vec(mix, (1, 1, length), device)?;
+    let mut time = |noise: &mut dyn msdm::noise::NoiseSource| -> Result<f64> {
+        let t = Instant::now();
+        let y = msdm::separator::separate(&model.denoiser, &mixture, settings.likelihood, &cfg, noise, &mut |_, _| true)?;
+        y.sum_all()?.to_scalar::<f32>()?; // wait for the device
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let seeded = time(&mut msdm::noise::SeededNoise::new(0))?;
+    let n = model.denoiser.channels() * length;
+    let replayed = time(&mut Replay(msdm::noise::SeededNoise::new(0).standard_normal(n)))?;
+    Ok((seeded, replayed, cfg.calls()))
+}
+
+/// The same model with its weights detached from the autograd graph: `Model::random` hands out
+/// training variables, and the ops dispatch variables to the differentiable (slower) composite
+/// path; a loaded model file never holds variables.
+fn inference_copy(model: Model) -> Result<Model> {
+    let tensors = model.tensors().iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+    Model::from_tensors(model.config.clone(), model.meta.clone(), tensors)
 }
 
 fn peak_rss_mb() -> Option<f64> {
@@ -48,8 +99,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let model = match args.config.as_str() {
         "bundled" => Model::load(&bundled_model_path().context("the bundled model is not there; pass --config tiny|small|paper")?, &device)?,
         p if p.ends_with(".safetensors") => Model::load(std::path::Path::new(p), &device)?,
-        name => Model::random(ModelConfig::from_name_or_file(name)?, 0, &device)?,
+        name => inference_copy(Model::random(ModelConfig::from_name_or_file(name)?, 0, &device)?)?,
     };
+    let model = match args.dtype.as_str() {
+        "f32" => model,
+        "f16" => model.to_dtype(DType::F16)?,
+        "bf16" => model.to_dtype(DType::BF16)?,
+        other => anyhow::bail!("unknown --dtype '{other}': use f32, f16 or bf16"),
+    };
+    if let Some(path) = &args.save_model {
+        model.save(path, msdm::model_file::StoreDType::F32)?;
+        eprintln!("model written to {}", path.display());
+    }
     let length = args.length.unwrap_or(model.window());
     let mult = model.config.length_multiple();
     anyhow::ensure!(length % mult == 0 && length > 0, "--length must be a positive multiple of {mult}");
@@ -65,10 +126,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let x = Tensor::from_vec(noise, (args.batch, model.config.in_channels, length), &device)?.to_dtype(DType::F32)?;
     let call = || -> Result<f64> {
         let t = Instant::now();
-        let y = model.denoiser.denoise(&x, 0.3)?;
+        let y = model.denoiser.denoise(&x, args.sigma)?;
         y.flatten_all()?.max(0)?.to_scalar::<f32>()?; // wait for the device
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     };
+    if let Some(path) = &args.dump_io {
+        let y = model.denoiser.denoise(&x, args.sigma)?;
+        let sigma = Tensor::new(&[args.sigma], &device)?;
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("x".to_string(), x.clone()), ("y".to_string(), y), ("sigma".to_string(), sigma)]),
+            path,
+        )
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
+    }
     call()?;
     let times: Vec<f64> = (0..args.iters.max(1)).map(|_| call()).collect::<Result<_>>()?;
     let mean = times.iter().sum::<f64>() / times.len() as f64;
@@ -92,15 +162,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
         sep_s = Some(s);
     }
+    let mut window_sep = None;
+    if args.window_separation {
+        let (s, r, calls) = window_separation(&model, length, &device)?;
+        println!("separation of one {length}-sample window: {s:.3} s ({calls} denoiser calls), {r:.3} s with replayed noise");
+        window_sep = Some(serde_json::json!({"seconds": s, "seconds_replayed_noise": r, "calls": calls}));
+    }
     let peak = peak_rss_mb();
     if let Some(p) = peak {
         println!("peak RSS: {p:.0} MB");
     }
     let v = serde_json::json!({
         "config": args.config, "parameters": model.parameter_count(), "length": length, "batch": args.batch,
-        "threads": threads, "device": msdm::device::describe(&device),
+        "threads": threads, "sigma": args.sigma, "device": msdm::device::describe(&device),
         "denoise_ms_mean": mean, "denoise_ms_std": std, "denoise_ms_min": min, "calls": times.len(),
         "separation_12s_seconds": sep_s, "peak_rss_mb": peak,
+        "dtype": args.dtype, "window_separation": window_sep,
     });
     if args.json {
         println!("{v}");
