@@ -83,6 +83,25 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Rewrite a model file for shipping: f16 weights, default settings per job, provenance
+    Export {
+        /// The model file to read
+        model: PathBuf,
+        /// The model file to write
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Store weights as f16
+        #[arg(long)]
+        f16: bool,
+        /// JSON with default settings: {"separate": {...}, "generate": {...}, "impute": {...}}
+        #[arg(long)]
+        defaults: Option<PathBuf>,
+        /// JSON with provenance to store under info.card
+        #[arg(long)]
+        card: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
     /// Show a model file's config, size and defaults
     Info {
         /// Model file (default: the bundled model)
@@ -174,6 +193,9 @@ fn main() -> ExitCode {
         Command::Generate { out, sampling, seconds, rate, channels } => jobs::generate(&out, &sampling, seconds, rate, channels),
         Command::Impute { given, out, sampling } => jobs::impute(&given, &out, &sampling),
         Command::Import { checkpoint, output, f16, window, force } => models::import(&checkpoint, &output, f16, window, force),
+        Command::Export { model, output, f16, defaults, card, force } => {
+            models::export(&model, &output, f16, defaults.as_deref(), card.as_deref(), force)
+        }
         Command::Info { model, json } => models::info(model.as_deref(), json),
         Command::Bench(args) => bench::run(&args),
         Command::Data(cmd) => datasets::data(&cmd),

@@ -56,3 +56,36 @@ pub fn info(path: Option<&Path>, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `msdm export`: rewrite a model file (e.g. a training checkpoint) for shipping: f16 storage,
+/// default sampler settings per job, extra provenance.
+pub fn export(model: &Path, output: &Path, f16: bool, defaults: Option<&Path>, card: Option<&Path>, force: bool) -> Result<()> {
+    if output.exists() && !force {
+        bail!("'{}' exists; pass --force to replace it", output.display());
+    }
+    let mut m = Model::load(model, &candle_core::Device::Cpu)?;
+    let mut info = match m.meta.info.clone() {
+        serde_json::Value::Object(o) => o,
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => serde_json::Map::from_iter([("previous".to_string(), other)]),
+    };
+    if let Some(path) = defaults {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read '{}': {e}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        for key in ["separate", "generate", "impute"] {
+            if let Some(s) = v.get(key) {
+                serde_json::from_value::<msdm::tasks::Settings>(s.clone())
+                    .map_err(|e| anyhow::anyhow!("defaults.{key} in '{}' is not a valid settings object: {e}", path.display()))?;
+            }
+        }
+        info.insert("defaults".to_string(), v);
+    }
+    if let Some(path) = card {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        info.insert("card".to_string(), v);
+    }
+    m.meta.info = serde_json::Value::Object(info);
+    m.save(output, if f16 { StoreDType::F16 } else { StoreDType::F32 })?;
+    println!("wrote {} ({} parameters, {})", output.display(), m.parameter_count(), if f16 { "f16" } else { "f32" });
+    Ok(())
+}

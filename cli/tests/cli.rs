@@ -164,3 +164,29 @@ fn info_and_import_errors() {
     let err = fails(&["import", s(&repo().join("tests/fixtures/audio/garbage.wav")), "-o", s(&tmp.path().join("x.safetensors"))]);
     assert!(err.contains("zip"), "{err}");
 }
+
+#[test]
+fn exported_model_carries_its_default_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_model(tmp.path());
+    let defaults = tmp.path().join("defaults.json");
+    std::fs::write(
+        &defaults,
+        r#"{"separate": {"steps": 3, "churn": 5.0, "resamples": 1, "sigma_min": 0.0001, "sigma_max": 1.0, "rho": 7.0,
+            "likelihood": {"dirac": {"constrained": 0}}, "seed": 0, "mono": false, "batch": 2}}"#,
+    )
+    .unwrap();
+    let shipped = tmp.path().join("shipped.safetensors");
+    ok(&["export", s(&model), "-o", s(&shipped), "--f16", "--defaults", s(&defaults)]);
+    assert!(std::fs::metadata(&shipped).unwrap().len() < std::fs::metadata(&model).unwrap().len());
+    let input = repo().join("tests/fixtures/audio/sine_22k05_mono_f32.wav");
+    let text = ok(&["separate", s(&input), "-o", s(&tmp.path().join("o")), "--model", s(&shipped)]);
+    assert!(text.contains("3 steps x 1 resamples, churn 5"), "{text}");
+    // the command line still wins
+    let text = ok(&["separate", s(&input), "-o", s(&tmp.path().join("o2")), "--model", s(&shipped), "--steps", "2", "-q"]);
+    assert!(text.contains("2 steps x 1 resamples"), "{text}");
+    // bad defaults are refused
+    std::fs::write(&defaults, r#"{"separate": {"steps": "many"}}"#).unwrap();
+    let err = fails(&["export", s(&model), "-o", s(&tmp.path().join("bad.safetensors")), "--defaults", s(&defaults)]);
+    assert!(err.contains("defaults.separate"), "{err}");
+}
