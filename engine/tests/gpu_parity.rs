@@ -1,0 +1,165 @@
+//! Parity with the reference on a GPU: the parity fixtures (see `parity.rs`) replayed on the
+//! device named by `MSDM_TEST_DEVICE` (`cuda`, `metal`, or `cpu`), with the network in f32 and in
+//! f16/bf16. Without `MSDM_TEST_DEVICE` the test says so and does nothing (CI has no GPU).
+//!
+//! Tolerances: f32 as on the CPU (denoiser 1e-4, samplers 1e-3); half precisions: denoiser and
+//! samplers `MSDM_TEST_HALF_TOL` (default 1e-2 for f16, 1e-1 for bf16: bf16 keeps 8 significant
+//! bits, and an H100 measured up to 4e-2 on these fixtures; see docs/gpu.md). Every measured error
+//! is printed (`--nocapture`).
+//!
+//! Fixtures: `tests/fixtures/parity/` as seen from the source tree at build time, and every folder
+//! under `MSDM_PARITY_DIR` (use it when the test binary runs from another checkout).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use msdm::denoiser::Denoiser;
+use msdm::model_file::{Model, ModelMeta};
+use msdm::noise::RecordedNoise;
+use msdm::sampler::{sample, Posterior, SamplerConfig};
+use msdm::separator::{separate, Likelihood};
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let mut roots = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parity")];
+    if let Some(extra) = std::env::var_os("MSDM_PARITY_DIR") {
+        roots.extend(std::env::split_paths(&extra));
+    }
+    let mut dirs: Vec<PathBuf> = roots
+        .iter()
+        .filter_map(|r| std::fs::read_dir(r).ok())
+        .flat_map(|e| e.flatten().map(|e| e.path()))
+        .filter(|p| p.join("cases.safetensors").exists())
+        .map(|p| p.canonicalize().unwrap_or(p))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+struct Fixture {
+    name: String,
+    config: msdm::config::ModelConfig,
+    tensors: HashMap<String, Tensor>,
+    cases: HashMap<String, Tensor>,
+    params: serde_json::Value,
+}
+
+fn load(dir: &Path) -> Fixture {
+    let ck = msdm::import::read_lightning_checkpoint(&dir.join("model.ckpt"))
+        .unwrap_or_else(|e| panic!("{}: import failed: {e:#}", dir.display()));
+    let tensors = ck
+        .tensors
+        .into_iter()
+        .map(|(n, shape, data)| (n, Tensor::from_vec(data, shape, &Device::Cpu).unwrap()))
+        .collect();
+    let cases = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    let params = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    Fixture { name: dir.file_name().unwrap().to_string_lossy().into(), config: ck.config, tensors, cases, params }
+}
+
+/// The fixture's model on `device` with its network in `dtype`.
+fn model_on(fx: &Fixture, device: &Device, dtype: DType) -> Model {
+    let tensors = fx.tensors.iter().map(|(n, t)| (n.clone(), t.to_device(device).unwrap())).collect();
+    let meta = ModelMeta { window: Model::default_window(&fx.config), stems: fx.config.default_stems(), info: serde_json::Value::Null };
+    let model = Model::from_tensors(fx.config.clone(), meta, tensors).unwrap();
+    if dtype == DType::F32 {
+        model
+    } else {
+        model.to_dtype(dtype).unwrap()
+    }
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let d = (a - b.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap();
+    let m: f32 = d.max(0).unwrap().to_scalar().unwrap();
+    assert!(m.is_finite(), "non-finite output");
+    m
+}
+
+fn f32_of(v: &serde_json::Value, key: &str) -> f32 {
+    v.get(key).and_then(|x| x.as_f64()).unwrap_or_else(|| panic!("cases.json lacks {key}")) as f32
+}
+
+fn sampler_config(fx: &Fixture, case: &str) -> SamplerConfig {
+    let sigmas: Vec<f32> = fx.cases[&format!("{case}.sigmas")].to_vec1().unwrap();
+    let p = &fx.params[case];
+    SamplerConfig { sigmas, churn: f32_of(p, "s_churn"), resamples: f32_of(p, "num_resamples") as usize }
+}
+
+fn noise(fx: &Fixture, case: &str) -> (RecordedNoise, [usize; 3]) {
+    let t = &fx.cases[&format!("{case}.noises")];
+    let dims = t.dims().to_vec();
+    let shape = [dims[1], dims[2], dims[3]];
+    (RecordedNoise::new(t.flatten_all().unwrap().to_vec1().unwrap(), shape.iter().product()).unwrap(), shape)
+}
+
+/// Max abs error of every case of one fixture on `device` in `dtype`: (case, error, tolerance).
+fn errors(fx: &Fixture, device: &Device, dtype: DType, half_tol: f32) -> Vec<(String, f32, f32)> {
+    let model = model_on(fx, device, dtype);
+    let d = &model.denoiser;
+    let (tol_d, tol_s) = if dtype == DType::F32 { (1e-4, 1e-3) } else { (half_tol, half_tol) };
+    let mut out = Vec::new();
+    let x = fx.cases["denoise.x"].to_device(device).unwrap();
+    let sigmas: Vec<f32> = fx.cases["denoise.sigmas"].to_vec1().unwrap();
+    for (k, &s) in sigmas.iter().enumerate() {
+        let ours = d.denoise(&x, s).unwrap();
+        out.push((format!("denoise σ={s}"), max_abs(&ours, &fx.cases["denoise.out"].get(k).unwrap()), tol_d));
+    }
+    let mut run = |case: &str, f: &dyn Fn(&SamplerConfig, &mut RecordedNoise, [usize; 3]) -> Tensor| {
+        if !fx.cases.contains_key(&format!("{case}.out")) {
+            return;
+        }
+        let cfg = sampler_config(fx, case);
+        let (mut rec, shape) = noise(fx, case);
+        let ours = f(&cfg, &mut rec, shape);
+        assert_eq!(rec.consumed(), rec.len(), "{} {case}: used {} of {} recorded draws", fx.name, rec.consumed(), rec.len());
+        out.push((case.to_string(), max_abs(&ours, &fx.cases[&format!("{case}.out")]), tol_s));
+    };
+    let on = |name: &str| fx.cases[name].to_device(device).unwrap();
+    run("separate_dirac", &|cfg, rec, _| {
+        let c = f32_of(&fx.params["separate_dirac"], "source_id") as usize;
+        separate(d, &on("separate_dirac.mixture"), Likelihood::Dirac { constrained: c }, cfg, rec, &mut |_, _| true).unwrap()
+    });
+    run("separate_gaussian", &|cfg, rec, _| {
+        let g = f32_of(&fx.params["separate_gaussian"], "gamma_coeff");
+        separate(d, &on("separate_gaussian.mixture"), Likelihood::Gaussian { gamma_coeff: g }, cfg, rec, &mut |_, _| true).unwrap()
+    });
+    run("impute", &|cfg, rec, shape| {
+        let mask = on("impute.mask").reshape((1, shape[1], 1)).unwrap();
+        let source = on("impute.source");
+        sample(d, shape, device, cfg, &Posterior::Impute { source: &source, mask: &mask }, rec, &mut |_, _| true).unwrap()
+    });
+    run("generate", &|cfg, rec, shape| sample(d, shape, device, cfg, &Posterior::Prior, rec, &mut |_, _| true).unwrap());
+    out
+}
+
+#[test]
+fn parity_fixtures_on_the_test_device() {
+    let Ok(spec) = std::env::var("MSDM_TEST_DEVICE") else {
+        eprintln!("gpu_parity: MSDM_TEST_DEVICE is not set (cuda|metal|cpu); skipped");
+        return;
+    };
+    let device = msdm::device::select(&spec).unwrap_or_else(|e| panic!("MSDM_TEST_DEVICE={spec}: {e:#}"));
+    let dirs = fixture_dirs();
+    assert!(!dirs.is_empty(), "no parity fixtures found (set MSDM_PARITY_DIR to tests/fixtures/parity)");
+    let half_tol = |dt: DType| -> f32 {
+        std::env::var("MSDM_TEST_HALF_TOL").ok().and_then(|v| v.parse().ok()).unwrap_or(if dt == DType::BF16 { 1e-1 } else { 1e-2 })
+    };
+    let mut failures = Vec::new();
+    for dir in &dirs {
+        let fx = load(dir);
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for (case, err, tol) in errors(&fx, &device, dtype, half_tol(dtype)) {
+                let ok = err <= tol;
+                eprintln!("gpu_parity {spec} {:?} {} {case}: max abs error {err:.2e} (tolerance {tol:.0e}){}", dtype, fx.name, if ok { "" } else { "  FAIL" });
+                if !ok {
+                    failures.push(format!("{:?} {} {case}: {err:.2e} > {tol:.0e}", dtype, fx.name));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "errors above tolerance on {spec}:\n{}", failures.join("\n"));
+}
