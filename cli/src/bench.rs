@@ -67,7 +67,7 @@ fn window_separation(model: &Model, length: usize, device: &candle_core::Device)
     let cfg = settings.sampler_config();
     let mix: Vec<f32> = (0..length).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
     let mixture = Tensor::from_vec(mix, (1, 1, length), device)?;
-    let mut time = |noise: &mut dyn msdm::noise::NoiseSource| -> Result<f64> {
+    let time = |noise: &mut dyn msdm::noise::NoiseSource| -> Result<f64> {
         let t = Instant::now();
         let y = msdm::separator::separate(&model.denoiser, &mixture, settings.likelihood, &cfg, noise, &mut |_, _| true)?;
         y.sum_all()?.to_scalar::<f32>()?; // wait for the device
@@ -95,6 +95,8 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    // candle's pool settings for this workload (see the function; `msdm`'s main should do the same)
+    msdm::ops::configure_cpu_threads();
     let device = msdm::device::select(&args.device)?;
     let model = match args.config.as_str() {
         "bundled" => Model::load(&bundled_model_path().context("the bundled model is not there; pass --config tiny|small|paper")?, &device)?,
@@ -140,10 +142,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("cannot write '{}'", path.display()))?;
     }
     call()?;
+    msdm::ops::profile::take(); // the op table covers the timed calls only
     let times: Vec<f64> = (0..args.iters.max(1)).map(|_| call()).collect::<Result<_>>()?;
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let std = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / times.len() as f64).sqrt();
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let ops_profile = msdm::ops::profile::take();
+    if !ops_profile.is_empty() {
+        let n = times.len() as f64;
+        let total: f64 = ops_profile.iter().map(|r| r.2).sum::<f64>() / n * 1000.0;
+        eprintln!("ops per denoiser call (MSDM_OPS_PROFILE; {total:.1} ms in ops):");
+        let mut rows = ops_profile;
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        for (op, calls, s) in rows {
+            eprintln!("  {:>8.2} ms  {:>4} x  {op}", s / n * 1000.0, calls as f64 / n);
+        }
+    }
     println!("denoiser call: mean {mean:.1} ms, std {std:.1} ms, min {min:.1} ms over {} calls", times.len());
     let mut sep_s = None;
     if args.separation {

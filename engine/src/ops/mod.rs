@@ -51,12 +51,61 @@ pub fn fast_kernels() -> bool {
 /// Tunes candle's own CPU thread pool for this workload; call once at the start of `main`, before
 /// any tensor work and before other threads exist (it sets environment variables that candle reads
 /// once). candle's element-wise ops run on a spin-waiting pool next to rayon's (which gemm and our
-/// kernels use); by default its worker spins for 25,000 rounds after every op, stealing a core from
-/// the next gemm on small machines. A short spin makes it park almost at once. Variables already set
-/// by the user are left alone.
+/// kernels use); its worker spins for 25,000 rounds after every op, stealing a core from the next
+/// gemm, and the calling thread spins (never sleeps) while a descheduled worker finishes, which on
+/// a busy machine costs more than the op. With the heavy ops in our own kernels, the element-wise
+/// ops left to candle (residual adds, concatenations, the preconditioning) run well on the calling
+/// thread alone, so this sets `CANDLE_NUM_THREADS=1` (rayon's pool, `RAYON_NUM_THREADS`, still
+/// sizes gemm and our kernels). Nothing is changed when `CANDLE_NUM_THREADS` or
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` is already set.
 pub fn configure_cpu_threads() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() && std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// Wall-clock time per op kind, collected when `MSDM_OPS_PROFILE` is set (for `msdm bench`).
+pub mod profile {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    static ON: AtomicU8 = AtomicU8::new(0);
+    static TABLE: Mutex<BTreeMap<String, (u64, f64)>> = Mutex::new(BTreeMap::new());
+
+    pub fn enabled() -> bool {
+        match ON.load(Ordering::Relaxed) {
+            0 => {
+                let on = std::env::var_os("MSDM_OPS_PROFILE").is_some();
+                ON.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+                on
+            }
+            v => v == 1,
+        }
+    }
+
+    /// Runs `f`, adding its wall-clock time to `name` when profiling is on.
+    pub fn time<R>(name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+        if !enabled() {
+            return f();
+        }
+        let t = Instant::now();
+        let r = f();
+        let dt = t.elapsed().as_secs_f64();
+        let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let e = table.entry(name()).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += dt;
+        r
+    }
+
+    /// `(op, calls, seconds)` collected so far, and the table cleared.
+    pub fn take() -> Vec<(String, u64, f64)> {
+        let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let v = table.iter().map(|(k, &(n, s))| (k.clone(), n, s)).collect();
+        table.clear();
+        v
     }
 }
 
@@ -72,6 +121,10 @@ fn fast_path_opt(ts: &[&Tensor], opt: &[Option<&Tensor>]) -> bool {
 
 /// `y = x · Wᵀ + b` over the last dimension; `w` is `[out, in]` (PyTorch layout).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    profile::time(|| format!("linear {:?}x{:?}", x.dims(), w.dims()), || linear_composite(x, w, b))
+}
+
+fn linear_composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = match x.rank() {
         2 => x.matmul(&w.t()?)?,
         _ => x.broadcast_matmul(&w.t()?)?,
@@ -123,10 +176,16 @@ pub struct Conv1d {
 
 impl Conv1d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fast_path_opt(&[x, &self.weight], &[self.bias.as_ref()]) {
-            return self.forward_fast(x);
-        }
-        self.forward_composite(x)
+        let name = || {
+            let (co, ci, k) = self.weight.dims3().unwrap_or_default();
+            format!("conv1d k{k} s{} {ci}->{co} L{}", self.stride, x.dim(2).unwrap_or(0))
+        };
+        profile::time(name, || {
+            if fast_path_opt(&[x, &self.weight], &[self.bias.as_ref()]) {
+                return self.forward_fast(x);
+            }
+            self.forward_composite(x)
+        })
     }
 
     fn shape(&self, x: &Tensor) -> Result<cpu::ConvShape> {
@@ -211,10 +270,13 @@ impl ConvTranspose1d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fast_path(&[x, &self.weight, &self.bias]) {
-            return self.forward_fast(x);
-        }
-        self.forward_composite(x)
+        let name = || format!("conv_transpose f{} {:?} L{}", self.factor, self.weight.dims(), x.dim(2).unwrap_or(0));
+        profile::time(name, || {
+            if fast_path(&[x, &self.weight, &self.bias]) {
+                return self.forward_fast(x);
+            }
+            self.forward_composite(x)
+        })
     }
 
     fn forward_fast(&self, x: &Tensor) -> Result<Tensor> {
@@ -259,10 +321,22 @@ pub fn group_norm_scale_shift_silu(
     bias: &Tensor,
     scale_shift: Option<(&Tensor, &Tensor)>,
 ) -> Result<Tensor> {
-    let (b, c, l) = x.dims3()?;
+    let (_, c, l) = x.dims3()?;
     if groups == 0 || c % groups != 0 {
         candle_core::bail!("group norm: {c} channels do not split into {groups} groups");
     }
+    let name = || format!("group_norm_silu C{c} L{l}");
+    profile::time(name, || group_norm_dispatch(x, groups, weight, bias, scale_shift))
+}
+
+fn group_norm_dispatch(
+    x: &Tensor,
+    groups: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    scale_shift: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    let (b, c, l) = x.dims3()?;
     let ss_tensors: Vec<&Tensor> = scale_shift.map_or(vec![], |(a, b)| vec![a, b]);
     if fast_path(&[x, weight, bias]) && ss_tensors.iter().all(|t| fast_path(&[t])) {
         let y = cpu::with_f32(x, |xs| {
@@ -307,6 +381,10 @@ pub fn group_norm_scale_shift_silu_composite(
 /// The library's LayerNorm without bias over dimension `dim` (biased variance, eps 1e-5);
 /// `g` broadcasts against `x`.
 pub fn layer_norm_no_bias(x: &Tensor, g: &Tensor, dim: D) -> Result<Tensor> {
+    profile::time(|| format!("layer_norm {:?}", x.dims()), || layer_norm_dispatch(x, g, dim))
+}
+
+fn layer_norm_dispatch(x: &Tensor, g: &Tensor, dim: D) -> Result<Tensor> {
     if fast_path(&[x, g]) && x.rank() == 3 {
         let (b, c, l) = x.dims3()?;
         let rank = x.rank();
@@ -333,7 +411,7 @@ pub fn layer_norm_no_bias_composite(x: &Tensor, g: &Tensor, dim: D) -> Result<Te
 
 /// Exact (erf) GELU, as `nn.GELU()`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    profile::time(|| format!("gelu {:?}", x.dims()), || x.gelu_erf())
 }
 
 pub fn silu(x: &Tensor) -> Result<Tensor> {
@@ -343,6 +421,11 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 /// Multi-head attention core on `[B, T, H·D]` queries/keys/values, heads split as `(h d)` with the
 /// head index major; `q` is scaled by `D^-½` before `q·kᵀ`, softmax in f32 over keys.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    profile::time(|| format!("attention {:?}", q.dims()), || attention_composite(q, k, v, heads))
+}
+
+/// The differentiable attention core (any device and dtype).
+pub fn attention_composite(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, t, hd) = q.dims3()?;
     let d = hd / heads;
     let split = |x: &Tensor| -> Result<Tensor> {
@@ -360,12 +443,20 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
 
 /// `[B, C, L]` → `[B, C·p, L/p]` with `out[c·p + i, l] = x[c, l·p + i]`.
 pub fn patch(x: &Tensor, p: usize) -> Result<Tensor> {
+    profile::time(|| format!("patch {:?}", x.dims()), || patch_composite(x, p))
+}
+
+fn patch_composite(x: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, l) = x.dims3()?;
     x.reshape((b, c, l / p, p))?.transpose(2, 3)?.reshape((b, c * p, l / p))
 }
 
 /// Inverse of [`patch`].
 pub fn unpatch(x: &Tensor, p: usize) -> Result<Tensor> {
+    profile::time(|| format!("unpatch {:?}", x.dims()), || unpatch_composite(x, p))
+}
+
+fn unpatch_composite(x: &Tensor, p: usize) -> Result<Tensor> {
     let (b, cp, l) = x.dims3()?;
     x.reshape((b, cp / p, p, l))?.transpose(2, 3)?.reshape((b, cp / p, l * p))
 }
@@ -587,5 +678,56 @@ mod tests {
         assert_eq!(pv[1 * 4 + 3][1], xv[1][7]);
         assert_eq!(pv[2][0], xv[0][2]);
         assert!(max_diff(&unpatch(&p, 4).unwrap(), &x) == 0.0);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Per-op timings for tuning: `cargo test --release -p msdm --lib ops::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn time_kernels() {
+        let rand = |shape: &[usize], seed: u64| {
+            let n: usize = shape.iter().product();
+            Tensor::from_vec(crate::noise::SeededNoise::new(seed).standard_normal(n), shape, &Device::Cpu).unwrap()
+        };
+        let time = |f: &dyn Fn()| {
+            f();
+            let mut best = f64::INFINITY;
+            for _ in 0..10 {
+                let t = std::time::Instant::now();
+                f();
+                best = best.min(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            best
+        };
+        for (ci, co, k, s, l) in [(256, 128, 3, 1, 1024), (512, 256, 3, 1, 128), (256, 256, 3, 1, 64), (64, 128, 9, 4, 4096), (4, 4, 3, 1, 65536), (256, 256, 3, 1, 4096)] {
+            let x = rand(&[1, ci, l], 1);
+            let conv = Conv1d { weight: rand(&[co, ci, k], 2), bias: Some(rand(&[co], 3)), stride: s, padding: (k - 1) / 2 };
+            let ms = time(&|| {
+                conv.forward(&x).unwrap();
+            });
+            let gflops = 2.0 * (co * ci * k * l / s) as f64 / ms / 1e6;
+            println!("conv1d {ci}->{co} k{k} s{s} L{l}: {ms:.3} ms, {gflops:.1} GFLOP/s");
+        }
+        for (ci, co, f, l) in [(128, 64, 4, 1024), (256, 256, 2, 64)] {
+            let x = rand(&[1, ci, l], 1);
+            let up = ConvTranspose1d { weight: rand(&[ci, co, 2 * f], 2), bias: rand(&[co], 3), factor: f };
+            let ms = time(&|| {
+                up.forward(&x).unwrap();
+            });
+            let gflops = 2.0 * (co * ci * 2 * f * l) as f64 / ms / 1e6;
+            println!("conv_transpose {ci}->{co} f{f} L{l}: {ms:.3} ms, {gflops:.1} GFLOP/s");
+        }
+        for (c, l) in [(4, 65536), (128, 1024), (256, 4096)] {
+            let x = rand(&[1, c, l], 1);
+            let (w, b) = (rand(&[c], 2), rand(&[c], 3));
+            let ms = time(&|| {
+                group_norm_scale_shift_silu(&x, 4, &w, &b, None).unwrap();
+            });
+            println!("group_norm_silu C{c} L{l}: {ms:.3} ms");
+        }
     }
 }
