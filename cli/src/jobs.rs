@@ -28,6 +28,17 @@ pub fn load_model(path: Option<&Path>, device: &str) -> Result<Model> {
     Model::load(&path, &device)
 }
 
+/// Loads the model for a job, in the precision asked for.
+fn job_model(out: &OutputArgs) -> Result<Model> {
+    let model = load_model(out.model.as_deref(), &out.device)?;
+    match out.dtype.as_str() {
+        "f32" => Ok(model),
+        "f16" => model.to_dtype(candle_core::DType::F16),
+        "bf16" => model.to_dtype(candle_core::DType::BF16),
+        other => bail!("--dtype {other}: use f32, f16 or bf16"),
+    }
+}
+
 fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
     Settings {
         steps: s.steps.unwrap_or(base.steps),
@@ -108,7 +119,7 @@ pub fn separate(
     gamma_coeff: f32,
 ) -> Result<()> {
     let mix = audio::read_audio(input)?;
-    let model = load_model(out.model.as_deref(), &out.device)?;
+    let model = job_model(out)?;
     let job = Job::Separate { mix };
     let stems = &model.meta.stems;
     let c = match constrained.parse::<usize>() {
@@ -133,14 +144,14 @@ pub fn separate(
 }
 
 pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u32, channels: usize) -> Result<()> {
-    let model = load_model(out.model.as_deref(), &out.device)?;
+    let model = job_model(out)?;
     let job = Job::Generate { seconds, rate, channels };
     let base = Settings::for_job(&job, &model);
     run_takes(&model, &job, &settings(base, sampling, out.mono), out)
 }
 
 pub fn impute(given: &[String], out: &OutputArgs, sampling: &SamplingArgs) -> Result<()> {
-    let model = load_model(out.model.as_deref(), &out.device)?;
+    let model = job_model(out)?;
     let stems = &model.meta.stems;
     let mut files: Vec<Option<AudioBuffer>> = vec![None; stems.len()];
     let mut silent = Vec::new();

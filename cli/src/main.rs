@@ -132,6 +132,9 @@ pub struct OutputArgs {
     /// Compute device
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Network precision: f32, or f16/bf16 (GPU)
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Number of takes (seeds SEED, SEED+1, ...), each in its own subfolder take-N
     #[arg(long, default_value_t = 1)]
     pub takes: usize,
