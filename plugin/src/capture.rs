@@ -34,13 +34,40 @@ impl Chunk {
             rate: 0,
             tempo: None,
             beats_per_bar: None,
-            data: vec![0.0; CHUNK_FRAMES * CAPTURE_CHANNELS].into_boxed_slice(),
+            data: prefaulted(CHUNK_FRAMES * CAPTURE_CHANNELS),
         })
     }
 
     pub fn channel(&self, c: usize) -> &[f32] {
         &self.data[c * CHUNK_FRAMES..c * CHUNK_FRAMES + self.len]
     }
+}
+
+/// Zeroed memory whose pages are already mapped (a fresh zeroed allocation is mapped lazily, and
+/// the first write on the audio thread would page-fault).
+fn prefaulted(n: usize) -> Box<[f32]> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.resize(n, 1.0);
+    std::hint::black_box(&mut v);
+    v.fill(0.0);
+    v.into_boxed_slice()
+}
+
+/// A free chunk from the pool. Real time: never waits. Offline bounce (not real time, possibly
+/// much faster): polls for up to 2 s while the worker catches up (sleeping does not allocate).
+fn take_free(free: &Receiver<Box<Chunk>>, offline: bool) -> Option<Box<Chunk>> {
+    if let Ok(c) = free.try_recv() {
+        return Some(c);
+    }
+    if offline {
+        for _ in 0..2000 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if let Ok(c) = free.try_recv() {
+                return Some(c);
+            }
+        }
+    }
+    None
 }
 
 /// Messages from the audio thread to the worker.
@@ -58,6 +85,8 @@ pub struct BlockTime {
     pub rate: u32,
     pub tempo: Option<f64>,
     pub beats_per_bar: Option<f64>,
+    /// The host renders offline (faster than real time): waiting for the worker is allowed.
+    pub offline: bool,
 }
 
 /// Audio-thread capture state.
@@ -100,9 +129,9 @@ impl Recorder {
                     if !fits {
                         self.flush(shared, to_worker);
                         if self.current.is_none() {
-                            match free.try_recv() {
-                                Ok(c) => self.current = Some(c),
-                                Err(_) => {
+                            match take_free(free, time.offline) {
+                                Some(c) => self.current = Some(c),
+                                None => {
                                     // Pool empty: drop the rest of this block, count an overrun.
                                     shared.overruns.fetch_add(1, Ordering::Relaxed);
                                     self.next_pos = None;
@@ -190,7 +219,7 @@ mod tests {
     use std::sync::Arc;
 
     fn time(playing: bool, pos: i64) -> BlockTime {
-        BlockTime { playing, pos: Some(pos), rate: 48_000, tempo: Some(120.0), beats_per_bar: Some(4.0) }
+        BlockTime { playing, pos: Some(pos), rate: 48_000, tempo: Some(120.0), beats_per_bar: Some(4.0), offline: false }
     }
 
     /// Contiguous blocks share a chunk; a jump starts a new one; stopping sends `Stopped` and disarms.

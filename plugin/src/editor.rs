@@ -87,10 +87,6 @@ impl NiceEguiApp for EditorApp {
             ui.ctx().request_repaint_after(std::time::Duration::from_millis(100));
         }
     }
-
-    fn editor_closed(&mut self) {
-        self.shared.set_repaint(None);
-    }
 }
 
 fn set<P: Param>(setter: &ParamSetter, param: &P, value: P::Plain) {

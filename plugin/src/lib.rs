@@ -51,6 +51,7 @@ pub struct MsdmStems {
     recorder: Recorder,
     player: Player,
     rate: u32,
+    offline: bool,
     pool_filled: bool,
     editor_state: Arc<EguiEditorState>,
 }
@@ -67,6 +68,7 @@ impl Default for MsdmStems {
             recorder: Recorder::default(),
             player: Player::default(),
             rate: 0,
+            offline: false,
             pool_filled: false,
             editor_state: editor::default_state(),
         }
@@ -138,6 +140,7 @@ impl Plugin for MsdmStems {
         context: &mut impl ActivateContext<Self>,
     ) -> bool {
         self.rate = config.sample_rate.round().max(1.0) as u32;
+        self.offline = config.process_mode == ProcessMode::Offline;
         if !self.pool_filled {
             // The only capture allocation: a fixed pool of chunks, filled once.
             for _ in 0..POOL_CHUNKS {
@@ -184,6 +187,7 @@ impl Plugin for MsdmStems {
             rate: self.rate,
             tempo: transport.tempo,
             beats_per_bar,
+            offline: self.offline,
         };
         if transport.playing && transport.pos_samples.is_none() && transport.pos_seconds.is_none() {
             // Position derived from beats and tempo: wrong across tempo changes.

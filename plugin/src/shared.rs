@@ -212,7 +212,11 @@ impl Shared {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Not for the audio thread (locks, may log).
     pub fn set_phase(&self, phase: Phase) {
+        if let Phase::Error(e) = &phase {
+            nice_plug::nice_warn!("msdm: {e}");
+        }
         self.status().phase = phase;
         self.request_repaint();
     }

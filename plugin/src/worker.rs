@@ -49,6 +49,8 @@ struct Worker {
     host_rate: u32,
     /// A message for the audio thread that did not fit in its channel yet.
     pending: Option<ToAudio>,
+    /// After a cancelled capture: drop chunks still in flight until the next arm.
+    discard_chunks: bool,
 }
 
 pub fn run(shared: Arc<Shared>, ends: WorkerEnds) {
@@ -64,6 +66,7 @@ pub fn run(shared: Arc<Shared>, ends: WorkerEnds) {
         rendered: None,
         host_rate: 0,
         pending: None,
+        discard_chunks: false,
     };
     w.run_loop();
     w.stop_job();
@@ -80,13 +83,19 @@ impl Worker {
                 select! {
                     recv(from_audio) -> m => match m {
                         Ok(ToWorker::Chunk(mut c)) => {
-                            self.assembly.add(&c);
+                            if !self.discard_chunks {
+                                self.assembly.add(&c);
+                            }
                             self.shared.capture_frames.store(self.assembly.len() as u64, Ordering::Release);
                             self.shared.capture_rate.store(self.assembly.rate, Ordering::Release);
                             c.len = 0;
                             let _ = self.ends.free.try_send(c);
                         }
-                        Ok(ToWorker::Stopped) => self.capture_finished(true),
+                        Ok(ToWorker::Stopped) => {
+                            if !self.discard_chunks {
+                                self.capture_finished(true)
+                            }
+                        }
                         Err(_) => return false,
                     },
                     recv(commands) -> c => match c {
@@ -119,6 +128,7 @@ impl Worker {
                 }
             }
             Command::Arm => {
+                self.discard_chunks = false;
                 self.assembly.clear();
                 self.shared.capture_frames.store(0, Ordering::Release);
                 self.shared.armed.store(true, Ordering::Release);
@@ -140,6 +150,7 @@ impl Worker {
                     self.set_settled_phase();
                 } else {
                     self.assembly.clear();
+                    self.discard_chunks = true;
                     self.shared.set_message("Capture cancelled.");
                 }
             }
@@ -163,6 +174,7 @@ impl Worker {
     /// The capture pass ended: hash and cache the clip; with `render`, start processing.
     fn capture_finished(&mut self, render: bool) {
         let Some(a) = self.assembly.take() else { return };
+        nice_plug::nice_log!("msdm: captured {} frames at {} Hz from {}", a.len(), a.rate, a.start);
         self.shared.capture_frames.store(0, Ordering::Release);
         let hash = content_hash(a.rate, &a.channels);
         let sidechains: [bool; 4] =
@@ -213,6 +225,7 @@ impl Worker {
 
     fn start_render(&mut self, new_take: bool) {
         if let Err(e) = self.try_start_render(new_take) {
+            nice_plug::nice_warn!("msdm: cannot render: {e:#}");
             self.shared.set_phase(Phase::Error(format!("{e:#}")));
         }
     }
@@ -312,6 +325,10 @@ impl Worker {
         }
         if let Some(job) = self.job.take() {
             let _ = job.handle.join();
+        }
+        match &result {
+            Ok(out) => nice_plug::nice_log!("msdm: render done, take key {}", out.take.stems_key),
+            Err(e) => nice_plug::nice_log!("msdm: render ended: {e:#}"),
         }
         match result {
             Ok(out) => {
@@ -432,6 +449,7 @@ impl Worker {
     /// The host loaded a state: drop what we had and restore the session's take from the cache.
     fn restore(&mut self) {
         self.stop_job();
+        self.discard_chunks = false;
         self.assembly.clear();
         self.clip = None;
         self.rendered = None;

@@ -25,6 +25,7 @@ pub struct TestShared {
     ports: OnceLock<Option<PluginAudioPorts>>,
     latency: OnceLock<Option<PluginLatency>>,
     state: OnceLock<Option<PluginState>>,
+    gui: OnceLock<Option<clack_extensions::gui::PluginGui>>,
 }
 
 impl<'a> SharedHandler<'a> for TestShared {
@@ -32,6 +33,7 @@ impl<'a> SharedHandler<'a> for TestShared {
         let _ = self.ports.set(instance.get_extension());
         let _ = self.latency.set(instance.get_extension());
         let _ = self.state.set(instance.get_extension());
+        let _ = self.gui.set(instance.get_extension());
     }
     fn request_restart(&self) {
         self.restart_requested.store(true, Ordering::SeqCst);
@@ -84,6 +86,8 @@ pub struct Plugin {
     pub rate: f64,
     pub max_frames: u32,
     pending_params: Vec<(u32, f64)>,
+    /// Wall time of the last plugin `process()` call alone (no host-side buffer set-up).
+    pub last_process: std::time::Duration,
 }
 
 /// nice-plug's CLAP parameter id for a string parameter id.
@@ -110,6 +114,7 @@ impl Plugin {
                 ports: OnceLock::new(),
                 latency: OnceLock::new(),
                 state: OnceLock::new(),
+                gui: OnceLock::new(),
             },
             |_| TestMain,
             &entry,
@@ -117,7 +122,15 @@ impl Plugin {
             &host_info,
         )
         .map_err(|e| anyhow!("cannot instantiate the plugin: {e:?}"))?;
-        Ok(Plugin { processor: None, instance, _entry: entry, rate: 0.0, max_frames: 0, pending_params: Vec::new() })
+        Ok(Plugin {
+            processor: None,
+            instance,
+            _entry: entry,
+            rate: 0.0,
+            max_frames: 0,
+            pending_params: Vec::new(),
+            last_process: std::time::Duration::ZERO,
+        })
     }
 
     pub fn descriptor_name(lib: &Path) -> Result<String> {
@@ -183,6 +196,32 @@ impl Plugin {
         ext.load(&mut self.instance.plugin_handle(), &mut r).map_err(|e| anyhow!("{e}"))?;
         self.pump();
         Ok(())
+    }
+
+    /// Opens the plugin's editor embedded in the X11 window `parent`; returns its size.
+    pub fn open_gui_x11(&mut self, parent: u64) -> Result<(u32, u32)> {
+        use clack_extensions::gui::{GuiApiType, GuiConfiguration, Window};
+        let ext = self
+            .instance
+            .access_shared_handler(|s| s.gui.get().copied().flatten())
+            .context("the plugin has no gui extension")?;
+        let mut handle = self.instance.plugin_handle();
+        let config = GuiConfiguration { api_type: GuiApiType::X11, is_floating: false };
+        ext.create(&mut handle, config).map_err(|e| anyhow!("gui create: {e:?}"))?;
+        let size = ext.get_size(&mut handle).context("gui size")?;
+        // SAFETY: `parent` is a live X11 window owned by the caller.
+        unsafe { ext.set_parent(&mut handle, Window::from_x11_handle(parent as _)) }
+            .map_err(|e| anyhow!("gui set_parent: {e:?}"))?;
+        ext.show(&mut handle).map_err(|e| anyhow!("gui show: {e:?}"))?;
+        self.pump();
+        Ok((size.width, size.height))
+    }
+
+    pub fn close_gui(&mut self) {
+        if let Some(ext) = self.instance.access_shared_handler(|s| s.gui.get().copied().flatten()) {
+            ext.destroy(&mut self.instance.plugin_handle());
+        }
+        self.pump();
     }
 
     pub fn activate(&mut self, rate: f64, max_frames: u32) -> Result<()> {
@@ -268,9 +307,10 @@ impl Plugin {
         let input_events = InputEvents::from_buffer(&events);
         let mut out_buf = EventBuffer::new();
         let mut output_events = OutputEvents::from_buffer(&mut out_buf);
-        processor
-            .process(&input, &mut output, &input_events, &mut output_events, None, Some(&t))
-            .map_err(|e| anyhow!("process failed: {e:?}"))?;
+        let t0 = std::time::Instant::now();
+        let r = processor.process(&input, &mut output, &input_events, &mut output_events, None, Some(&t));
+        self.last_process = t0.elapsed();
+        r.map_err(|e| anyhow!("process failed: {e:?}"))?;
         drop(output);
         drop(input);
         let mut it = outs.into_iter();
