@@ -29,11 +29,8 @@ import sys
 import tempfile
 import time
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-
-from audio_diffusion_pytorch import AudioDiffusionModel, LogNormalDistribution
+# torch and the reference package are imported in main(), after the OpenMP settings are known.
+torch = None
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,6 +62,10 @@ def model_file_for(a):
 
 
 def build_reference(path):
+    from audio_diffusion_pytorch import AudioDiffusionModel, LogNormalDistribution
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     with safe_open(path, "pt") as f:
         md = f.metadata()
     cfg = json.loads(md["msdm.config"])
@@ -115,7 +116,17 @@ def main():
     ap.add_argument("--sigma", type=float, default=0.3)
     ap.add_argument("--msdm", default=os.path.join(REPO, "target", "release", "msdm"))
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "msdm-bench"))
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="OMP_WAIT_POLICY=PASSIVE for PyTorch: its OpenMP threads sleep instead of spinning "
+                         "(much faster for PyTorch on a machine busy with other work)")
     a = ap.parse_args()
+    if a.omp_passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    global torch
+    import torch as _torch
+    from safetensors.torch import load_file
+
+    torch = _torch
     if not os.path.exists(a.msdm):
         sys.exit(f"no msdm binary at {a.msdm}: build it with `cargo build --release -p msdm-cli` or pass --msdm")
     torch.set_num_threads(a.threads)
@@ -154,7 +165,7 @@ def main():
         "ours_ms_mean": statistics.mean(ours), "reference_ms_mean": statistics.mean(ref),
         "ours_ms_min": min(ours), "reference_ms_min": min(ref),
         "ratio_mean": statistics.mean(ratios), "ratio_of_min": min(ours) / min(ref),
-        "max_abs_diff": max_diff, "ours_peak_rss_mb": max(v for v in rss if v is not None) if any(rss) else None,
+        "max_abs_diff": max_diff, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "ours_peak_rss_mb": max(v for v in rss if v is not None) if any(rss) else None,
         "torch": torch.__version__,
     }
     print()

@@ -121,10 +121,31 @@ fn fast_path_opt(ts: &[&Tensor], opt: &[Option<&Tensor>]) -> bool {
 
 /// `y = x · Wᵀ + b` over the last dimension; `w` is `[out, in]` (PyTorch layout).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    profile::time(|| format!("linear {:?}x{:?}", x.dims(), w.dims()), || linear_composite(x, w, b))
+    profile::time(|| format!("linear {:?}x{:?}", x.dims(), w.dims()), || linear_dispatch(x, w, b))
 }
 
-fn linear_composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+fn linear_dispatch(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if fast_path_opt(&[x, w], &[b]) && w.rank() == 2 && x.rank() >= 2 {
+        let (d_out, d_in) = w.dims2()?;
+        let dims = x.dims().to_vec();
+        if dims[dims.len() - 1] == d_in && b.map_or(true, |b| b.dims() == [d_out]) {
+            let rows = x.elem_count() / d_in.max(1);
+            let y = cpu::with_f32(x, |xs| {
+                cpu::with_f32(w, |ws| match b {
+                    Some(b) => cpu::with_f32(b, |bs| Ok(cpu::linear(xs, rows, d_in, ws, d_out, Some(bs)))),
+                    None => Ok(cpu::linear(xs, rows, d_in, ws, d_out, None)),
+                })
+            })?;
+            let mut shape = dims;
+            *shape.last_mut().expect("rank >= 2") = d_out;
+            return Tensor::from_vec(y, shape, &Device::Cpu);
+        }
+    }
+    linear_composite(x, w, b)
+}
+
+/// The differentiable version of [`linear`] (any device and dtype).
+pub fn linear_composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = match x.rank() {
         2 => x.matmul(&w.t()?)?,
         _ => x.broadcast_matmul(&w.t()?)?,
@@ -558,6 +579,7 @@ mod tests {
             (6, 5, 3, 1, 1, 37),
             (16, 24, 3, 1, 1, 64),
             (3, 4, 3, 1, 1, 1),
+            (512, 8, 3, 1, 1, 700), // large weight, short input: gathered columns, one gemm
             (6, 5, 5, 2, 2, 64),
             (6, 10, 9, 4, 4, 128),
             (5, 7, 9, 4, 4, 36),
@@ -577,6 +599,23 @@ mod tests {
                 let tracked = Conv1d { weight: var(&w), bias, stride: s, padding: p }.forward(&x).unwrap();
                 assert!(tracked.track_op());
                 assert!(rel_diff(&fast, &tracked) < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn fast_linear_matches_composite() {
+        for (shape, d_out) in [(vec![2usize, 7, 24], 5usize), (vec![3, 24], 9), (vec![1, 1, 24], 24), (vec![1, 70, 40], 33)] {
+            let d_in = shape[shape.len() - 1];
+            let x = rand(&shape, 90);
+            let w = rand(&[d_out, d_in], 91);
+            let b = rand(&[d_out], 92);
+            for bias in [Some(&b), None] {
+                let fast = linear(&x, &w, bias).unwrap();
+                assert!(!fast.track_op());
+                let comp = linear_composite(&x, &w, bias).unwrap();
+                assert_eq!(fast.dims(), comp.dims());
+                assert!(rel_diff(&fast, &comp) < 1e-5, "{shape:?} -> {d_out}: {}", rel_diff(&fast, &comp));
             }
         }
     }
@@ -703,7 +742,7 @@ mod timing {
             }
             best
         };
-        for (ci, co, k, s, l) in [(256, 128, 3, 1, 1024), (512, 256, 3, 1, 128), (256, 256, 3, 1, 64), (64, 128, 9, 4, 4096), (4, 4, 3, 1, 65536), (256, 256, 3, 1, 4096)] {
+        for (ci, co, k, s, l) in [(256, 128, 3, 1, 1024), (512, 256, 3, 1, 128), (256, 256, 3, 1, 64), (64, 128, 9, 4, 4096), (4, 4, 3, 1, 65536), (256, 256, 3, 1, 4096), (1024, 1024, 3, 1, 256), (1024, 1024, 3, 1, 8), (512, 512, 3, 1, 1024), (2048, 1024, 3, 1, 32)] {
             let x = rand(&[1, ci, l], 1);
             let conv = Conv1d { weight: rand(&[co, ci, k], 2), bias: Some(rand(&[co], 3)), stride: s, padding: (k - 1) / 2 };
             let ms = time(&|| {

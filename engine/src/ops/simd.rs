@@ -72,6 +72,19 @@ fn centered_sq_sum_generic(x: &[f32], mean: f32) -> f64 {
     acc.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>()
 }
 
+#[inline(always)]
+fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Defines `pub fn $name(args) -> ret` that runs `$generic` compiled for the best instruction set.
 macro_rules! multiversion {
     ($(#[$m:meta])* $name:ident, $generic:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty) => {
@@ -104,6 +117,10 @@ macro_rules! multiversion {
 multiversion!(
     /// `y = silu(a·x + b)` elementwise.
     silu_affine, silu_affine_generic, (x: &[f32], y: &mut [f32], a: f32, b: f32) -> ()
+);
+multiversion!(
+    /// Σ a·b in 16 f32 lanes.
+    dot, dot_generic, (a: &[f32], b: &[f32]) -> f32
 );
 multiversion!(
     /// `y = a·x + b` elementwise.
@@ -152,6 +169,8 @@ mod tests {
         let m = (s / x.len() as f64) as f32;
         let q: f64 = x.iter().map(|&v| (v as f64 - m as f64).powi(2)).sum();
         assert!((centered_sq_sum(&x, m) - q).abs() / q < 1e-5);
+        let d: f64 = x.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+        assert!((dot(&x, &x) as f64 - d).abs() / d < 1e-5);
         let mut y = vec![0f32; x.len()];
         affine(&x, &mut y, 2.0, 0.5);
         assert!(y.iter().zip(&x).all(|(y, x)| (y - (2.0 * x + 0.5)).abs() < 1e-6));
