@@ -188,6 +188,8 @@ pub enum FormatArg {
 }
 
 fn main() -> ExitCode {
+    // candle's element-wise ops otherwise run on their own spin-waiting pool beside rayon's.
+    msdm::ops::configure_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Separate { input, out, sampling, likelihood, constrained_source, gamma_coeff } => {

@@ -139,7 +139,8 @@ impl Model {
     pub fn random(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
         let fresh = FreshParams::new(seed, device);
         UNet1d::new(&config, &fresh)?;
-        let tensors = fresh.vars.into_inner().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        // Detached: inference copies, so the fast kernels (not the training path) run them.
+        let tensors = fresh.vars.into_inner().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
         let meta = ModelMeta {
             window: Self::default_window(&config),
             stems: config.default_stems(),
