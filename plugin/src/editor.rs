@@ -26,7 +26,7 @@ const STEM_COLORS: [Color32; STEM_COUNT] = [
 ];
 
 pub fn default_state() -> Arc<EguiEditorState> {
-    EguiEditorState::from_size(LogicalSize::new(760.0, 640.0), 1.0)
+    EguiEditorState::from_size(LogicalSize::new(760.0, 720.0), 1.0)
 }
 
 pub fn create(shared: Arc<Shared>, state: Arc<EguiEditorState>) -> Option<MsdmEditor> {
@@ -82,6 +82,7 @@ impl NiceEguiApp for EditorApp {
         });
         // Keep the progress, ETA and capture length moving.
         let busy = self.shared.capturing.load(Ordering::Relaxed)
+            || self.shared.armed.load(Ordering::Relaxed)
             || matches!(self.shared.status().phase, Phase::Processing { .. });
         if busy {
             ui.ctx().request_repaint_after(std::time::Duration::from_millis(100));
@@ -239,7 +240,13 @@ impl EditorApp {
             });
             ui.end_row();
             ui.label("Seed");
-            ui.label(format!("{}", session.seed));
+            ui.horizontal(|ui| {
+                let mut seed = session.seed;
+                if ui.add(egui::DragValue::new(&mut seed).range(0..=u32::MAX as u64)).changed() {
+                    params.session.update(|s| s.seed = seed);
+                }
+                ui.label(RichText::new("Process renders with this seed; New take picks a new one").small());
+            });
             ui.end_row();
             ui.label("Takes");
             ui.horizontal_wrapped(|ui| {

@@ -99,15 +99,16 @@ pub fn build_job(spec: &RenderSpec, clip: Option<&Clip>, rate: u32, len: usize) 
     }
 }
 
-/// Engine settings for a quality level (`MSDM_PLUGIN_STEPS` overrides the steps, for tests and
-/// benchmarks).
-pub fn settings_for(job: &Job, model: &msdm::model_file::Model, quality: Quality, seed: u64) -> Settings {
+/// Engine settings for a quality level. With `test_override`, `MSDM_PLUGIN_STEPS` overrides the
+/// steps (for tests and benchmarks).
+pub fn settings_for(job: &Job, model: &msdm::model_file::Model, quality: Quality, seed: u64, test_override: bool) -> Settings {
     let mut s = Settings::for_job(job, model);
     if quality == Quality::Draft {
         s.steps = (s.steps / 4).max(4);
         s.resamples = 1;
     }
-    if let Some(steps) = std::env::var("MSDM_PLUGIN_STEPS").ok().and_then(|v| v.parse::<usize>().ok()) {
+    let steps = std::env::var("MSDM_PLUGIN_STEPS").ok().and_then(|v| v.parse::<usize>().ok());
+    if let (Some(steps), true) = (steps, test_override) {
         s.steps = steps.max(1);
         s.resamples = 1;
     }
@@ -126,9 +127,9 @@ pub fn run(req: JobRequest, cancel: &AtomicBool, shared: &Shared) -> Result<JobO
         }
     }
     let job = build_job(&req.spec, req.clip.as_deref(), req.rate, req.len)?;
-    let settings = settings_for(&job, &model, req.spec.quality, req.seed);
-    let draft = settings_for(&job, &model, Quality::Draft, req.seed);
-    let fin = settings_for(&job, &model, Quality::Final, req.seed);
+    let settings = settings_for(&job, &model, req.spec.quality, req.seed, true);
+    let draft = settings_for(&job, &model, Quality::Draft, req.seed, false);
+    let fin = settings_for(&job, &model, Quality::Final, req.seed, false);
     shared.status().predicted = Some((
         msdm::tasks::predicted_seconds(&model, &job, &draft),
         msdm::tasks::predicted_seconds(&model, &job, &fin),

@@ -88,6 +88,7 @@ impl Worker {
                             }
                             self.shared.capture_frames.store(self.assembly.len() as u64, Ordering::Release);
                             self.shared.capture_rate.store(self.assembly.rate, Ordering::Release);
+                            self.shared.request_repaint();
                             c.len = 0;
                             let _ = self.ends.free.try_send(c);
                         }

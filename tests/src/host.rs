@@ -53,6 +53,25 @@ impl HostHandlers for TestHost {
     type Shared<'a> = TestShared;
     type MainThread<'a> = TestMain;
     type AudioProcessor<'a> = ();
+
+    fn declare_extensions(builder: &mut HostExtensions<Self>, _shared: &Self::Shared<'_>) {
+        // nice-plug's CLAP editor needs the host side of the gui extension.
+        builder.register::<clack_extensions::gui::HostGui>();
+    }
+}
+
+impl clack_extensions::gui::HostGuiImpl for TestShared {
+    fn resize_hints_changed(&self) {}
+    fn request_resize(&self, _new_size: clack_extensions::gui::GuiSize) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn request_show(&self) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn request_hide(&self) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn closed(&self, _was_destroyed: bool) {}
 }
 
 /// One port as the plugin describes it.

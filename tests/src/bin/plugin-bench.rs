@@ -9,7 +9,8 @@
 //! `cargo build -p msdm-plugin --release && cargo run -p msdm-tests --release --bin plugin-bench`
 //! Options (env): `MSDM_PLUGIN_LIB` (default target/release/libmsdm_plugin.so), `MSDM_MODEL`
 //! (default: the bundled model, else a random model of the bundled size, `ModelConfig::small()`),
-//! `MSDM_PLUGIN_STEPS` (diffusion steps; default: the plugin's Draft quality), `BENCH_SECONDS` (12).
+//! `MSDM_PLUGIN_STEPS` (diffusion steps; default: the quality's), `BENCH_QUALITY` (draft|final),
+//! `BENCH_SECONDS` (12).
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,11 @@ fn main() -> Result<()> {
     if std::env::var("BENCH_RT").map(|v| v != "0").unwrap_or(true) {
         println!("audio thread: {}", set_realtime_priority());
     }
+    let final_quality = std::env::var("BENCH_QUALITY").map(|q| q == "final").unwrap_or(false);
+    if final_quality {
+        p.set_param("quality", 1.0);
+    }
+    println!("quality: {}", if final_quality { "Final" } else { "Draft" });
     let start = 96_000i64;
     let end = start + (seconds * RATE) as i64;
 

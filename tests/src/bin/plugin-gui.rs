@@ -2,7 +2,7 @@
 //! gui extension, drives the plugin through its states and takes screenshots with ImageMagick
 //! `import`. Used for the README screenshots under Xvfb:
 //!
-//! `xvfb-run -s "-screen 0 800x700x24" cargo run -p msdm-tests --release --bin plugin-gui -- docs/screenshots`
+//! `xvfb-run -s "-screen 0 800x760x24" cargo run -p msdm-tests --release --bin plugin-gui -- docs/screenshots`
 //!
 //! Env: `MSDM_PLUGIN_LIB` (default target/release/libmsdm_plugin.so), `MSDM_MODEL` (default: a
 //! tiny random model), `MSDM_PLUGIN_STEPS` (default 400, so the processing state lasts a while).
@@ -22,9 +22,23 @@ const RATE: f64 = 48_000.0;
 const N: usize = 512;
 
 fn mix(pos: i64, n: usize) -> [Vec<f32>; 2] {
-    // A mix of four voices so the stems have something to show.
+    // Four voices with different rhythmic envelopes, so the waveforms have some shape.
     let v: Vec<[Vec<f32>; 2]> = (0..4).map(|k| block(k, pos, n, RATE)).collect();
-    std::array::from_fn(|ch| (0..n).map(|i| v.iter().map(|b| b[ch][i]).sum::<f32>() * 0.5).collect())
+    std::array::from_fn(|ch| {
+        (0..n)
+            .map(|i| {
+                let t = (pos + i as i64) as f64 / RATE;
+                v.iter()
+                    .enumerate()
+                    .map(|(k, b)| {
+                        let beat = (t * (k + 1) as f64 * 0.75).fract();
+                        b[ch][i] * (1.0 - beat).powi(2 + k as i32) as f32
+                    })
+                    .sum::<f32>()
+                    * 0.8
+            })
+            .collect()
+    })
 }
 
 fn step(p: &mut Plugin, pos: i64, playing: bool) -> Result<bool> {
