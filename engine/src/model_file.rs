@@ -294,7 +294,7 @@ mod tests {
 
         // weights of one config under another config's metadata → clear error
         let mut other = Model::random(ModelConfig::tiny(), 3, &Device::Cpu).unwrap();
-        other.config.channels = 24;
+        other.config.channels = 32;
         let bad = dir.path().join("bad.safetensors");
         other.save(&bad, StoreDType::F32).unwrap();
         let err = format!("{:#}", Model::load(&bad, &Device::Cpu).err().unwrap());
