@@ -26,6 +26,7 @@ pub struct TestShared {
     latency: OnceLock<Option<PluginLatency>>,
     state: OnceLock<Option<PluginState>>,
     gui: OnceLock<Option<clack_extensions::gui::PluginGui>>,
+    render: OnceLock<Option<clack_extensions::render::PluginRender>>,
 }
 
 impl<'a> SharedHandler<'a> for TestShared {
@@ -34,6 +35,7 @@ impl<'a> SharedHandler<'a> for TestShared {
         let _ = self.latency.set(instance.get_extension());
         let _ = self.state.set(instance.get_extension());
         let _ = self.gui.set(instance.get_extension());
+        let _ = self.render.set(instance.get_extension());
     }
     fn request_restart(&self) {
         self.restart_requested.store(true, Ordering::SeqCst);
@@ -134,6 +136,7 @@ impl Plugin {
                 latency: OnceLock::new(),
                 state: OnceLock::new(),
                 gui: OnceLock::new(),
+                render: OnceLock::new(),
             },
             |_| TestMain,
             &entry,
@@ -213,6 +216,19 @@ impl Plugin {
             .context("the plugin has no state extension")?;
         let mut r = std::io::Cursor::new(state);
         ext.load(&mut self.instance.plugin_handle(), &mut r).map_err(|e| anyhow!("{e}"))?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Switches the plugin to offline rendering (a bounce, faster than real time).
+    pub fn set_offline(&mut self, offline: bool) -> Result<()> {
+        use clack_extensions::render::RenderMode;
+        let ext = self
+            .instance
+            .access_shared_handler(|s| s.render.get().copied().flatten())
+            .context("the plugin has no render extension")?;
+        let mode = if offline { RenderMode::Offline } else { RenderMode::Realtime };
+        ext.set(&mut self.instance.plugin_handle(), mode).map_err(|e| anyhow!("render mode: {e}"))?;
         self.pump();
         Ok(())
     }

@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::host::{Outputs, Plugin, Transport, AUX_PORTS};
 use crate::signal::{block, rel_err, rms};
 
-pub const SCENARIOS: &[&str] = &["ports", "separate", "impute", "state", "rate_change", "cancel", "cycles"];
+pub const SCENARIOS: &[&str] = &["ports", "separate", "impute", "state", "rate_change", "cancel", "cycles", "offline"];
 
 const TEMPO: f64 = 120.0;
 
@@ -24,6 +24,7 @@ pub fn run(name: &str) -> Result<()> {
         "rate_change" => rate_change(&lib),
         "cancel" => cancel(&lib),
         "cycles" => cycles(&lib),
+        "offline" => offline(&lib),
         other => bail!("unknown scenario {other}; known: {}", SCENARIOS.join(", ")),
     }
 }
@@ -344,5 +345,30 @@ fn cycles(lib: &std::path::Path) -> Result<()> {
     }
     p.activate(48_000.0, n as u32)?;
     stop(&mut p, pos, n)?;
+    Ok(())
+}
+
+/// An offline bounce runs far faster than real time: the capture must still be complete (the
+/// audio thread may wait for the worker in offline mode, without allocating).
+fn offline(lib: &std::path::Path) -> Result<()> {
+    let (rate, n) = (48_000.0, 512usize);
+    let mut p = Plugin::load(lib)?;
+    p.set_offline(true)?;
+    p.activate(rate, n as u32)?;
+    let (start, end) = (0i64, 12 * 48_000i64);
+    let t0 = Instant::now();
+    play(&mut p, MIX, start, end, n)?;
+    println!("captured 12 s in {:?}", t0.elapsed());
+    stop(&mut p, end, n)?;
+    wait_for_stems(&mut p, end - 24_000, n, timeout())?;
+    let t = play(&mut p, MIX, end - 48_000, end, n)?;
+    let expect = block(0, t.start, t.main[0].len(), rate);
+    let (a, b) = (0, t.main[0].len() - 480);
+    for ch in 0..2 {
+        let sum: Vec<f32> = (a..b).map(|i| (0..AUX_PORTS).map(|k| t.aux[k][ch][i]).sum()).collect();
+        let err = rel_err(&sum, &expect[ch][a..b]);
+        println!("channel {ch}: last second of the bounce, sum of stems vs input: {err:.2e}");
+        ensure!(err < 1e-3, "the end of the offline capture is missing or wrong ({err})");
+    }
     Ok(())
 }

@@ -76,3 +76,8 @@ fn plugin_cancel_mid_processing() {
 fn plugin_activate_deactivate_cycles() {
     scenario("cycles", 2);
 }
+
+#[test]
+fn plugin_offline_bounce_capture_is_complete() {
+    scenario("offline", 2);
+}

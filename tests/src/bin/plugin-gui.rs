@@ -4,8 +4,8 @@
 //!
 //! `xvfb-run -s "-screen 0 800x760x24" cargo run -p msdm-tests --release --bin plugin-gui -- docs/screenshots`
 //!
-//! Env: `MSDM_PLUGIN_LIB` (default target/release/libmsdm_plugin.so), `MSDM_MODEL` (default: a
-//! tiny random model), `MSDM_PLUGIN_STEPS` (default 400, so the processing state lasts a while).
+//! Env: `MSDM_PLUGIN_LIB` (default target/release/libmsdm_plugin.so), `MSDM_MODEL` (default: the
+//! bundled model, else a tiny random model rendered with `MSDM_PLUGIN_STEPS`=400).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,15 +77,15 @@ fn main() -> Result<()> {
         .map(Into::into)
         .unwrap_or_else(|| msdm_tests::target_dir().join("release").join("libmsdm_plugin.so"));
     let tmp = tempfile::tempdir()?;
-    if std::env::var_os("MSDM_MODEL").is_none() {
+    if std::env::var_os("MSDM_MODEL").is_none() && msdm::model_file::bundled_model_path().is_none() {
         let m = tmp.path().join("tiny.safetensors");
         msdm_tests::write_tiny_model(&m, 7)?;
         std::env::set_var("MSDM_MODEL", &m);
+        if std::env::var_os("MSDM_PLUGIN_STEPS").is_none() {
+            std::env::set_var("MSDM_PLUGIN_STEPS", "400");
+        }
     }
     std::env::set_var("MSDM_CACHE_DIR", tmp.path().join("cache"));
-    if std::env::var_os("MSDM_PLUGIN_STEPS").is_none() {
-        std::env::set_var("MSDM_PLUGIN_STEPS", "400");
-    }
 
     let (conn, screen_num) = x11rb::connect(None).context("no X display (run under xvfb-run)")?;
     let screen = &conn.setup().roots[screen_num];
@@ -120,6 +120,8 @@ fn main() -> Result<()> {
     conn.flush()?;
     println!("editor {w}x{h}");
 
+    // Final quality, so the processing state lasts long enough to be seen.
+    p.set_param("quality", 1.0);
     // Idle: fresh instance, armed, waiting for the host to play.
     idle(&mut p, Duration::from_secs(2), 0)?;
     shot(&out, "idle", win)?;
