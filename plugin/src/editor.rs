@@ -200,6 +200,7 @@ impl EditorApp {
                 JobKind::Impute => {
                     ui.label("Roles");
                     ui.horizontal(|ui| {
+                        #[allow(clippy::needless_range_loop)]
                         for k in 0..STEM_COUNT {
                             let p = &params.stem(k).role;
                             let role = p.value();

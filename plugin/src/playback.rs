@@ -117,10 +117,7 @@ impl Player {
                 for i in first..end.min(out.len()) {
                     let t = (pos + i as i64 - set.start) as usize;
                     let g = set.fade_gain(t);
-                    let mut sum = 0.0;
-                    for k in 0..crate::STEM_COUNT {
-                        sum += gains[k] * set.stems[k][sc][t];
-                    }
+                    let sum: f32 = gains.iter().zip(&set.stems).map(|(g, s)| g * s[sc][t]).sum();
                     out[i] = out[i] * (1.0 - g) + sum * g;
                 }
             }
@@ -149,7 +146,7 @@ mod tests {
             .iter_mut()
             .map(|s| {
                 let mut b = Buffer::default();
-                unsafe { b.set_slices(n, |out| *out = s.drain(..).collect()) };
+                unsafe { b.set_slices(n, |out| *out = std::mem::take(s)) };
                 b
             })
             .collect();

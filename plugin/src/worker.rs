@@ -24,6 +24,9 @@ use crate::shared::{Command, Peaks, Phase, Shared, Waveforms, WorkerEnds};
 /// Columns of the editor's waveform views.
 const PEAK_COLUMNS: usize = 600;
 
+/// A finished render: its id and result.
+type JobResult = (u64, Result<JobOutput>);
+
 struct RunningJob {
     id: u64,
     cancel: Arc<AtomicBool>,
@@ -44,7 +47,7 @@ struct Worker {
     clip: Option<Arc<Clip>>,
     job: Option<RunningJob>,
     next_job: u64,
-    results: (Sender<(u64, Result<JobOutput>)>, Receiver<(u64, Result<JobOutput>)>),
+    results: (Sender<JobResult>, Receiver<JobResult>),
     rendered: Option<Rendered>,
     host_rate: u32,
     /// A message for the audio thread that did not fit in its channel yet.

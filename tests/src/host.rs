@@ -175,12 +175,12 @@ impl Plugin {
             .instance
             .access_shared_handler(|s| s.ports.get().copied().flatten())
             .context("the plugin has no audio-ports extension")?;
-        let mut handle = self.instance.plugin_handle();
-        let n = ext.count(&mut handle, input);
+        let handle = self.instance.plugin_handle();
+        let n = ext.count(&handle, input);
         let mut out = Vec::new();
         for i in 0..n {
             let mut buf = AudioPortInfoBuffer::new();
-            let info = ext.get(&mut handle, i, input, &mut buf).context("port info")?;
+            let info = ext.get(&handle, i, input, &mut buf).context("port info")?;
             out.push(Port {
                 name: String::from_utf8_lossy(info.name).into_owned(),
                 channels: info.channel_count,
@@ -195,8 +195,8 @@ impl Plugin {
             .instance
             .access_shared_handler(|s| s.latency.get().copied().flatten())
             .context("the plugin has no latency extension")?;
-        let mut handle = self.instance.plugin_handle();
-        Ok(ext.get(&mut handle))
+        let handle = self.instance.plugin_handle();
+        Ok(ext.get(&handle))
     }
 
     pub fn save_state(&mut self) -> Result<Vec<u8>> {
@@ -205,7 +205,7 @@ impl Plugin {
             .access_shared_handler(|s| s.state.get().copied().flatten())
             .context("the plugin has no state extension")?;
         let mut out = Vec::new();
-        ext.save(&mut self.instance.plugin_handle(), &mut out).map_err(|e| anyhow!("{e}"))?;
+        ext.save(&self.instance.plugin_handle(), &mut out).map_err(|e| anyhow!("{e}"))?;
         Ok(out)
     }
 
@@ -215,7 +215,7 @@ impl Plugin {
             .access_shared_handler(|s| s.state.get().copied().flatten())
             .context("the plugin has no state extension")?;
         let mut r = std::io::Cursor::new(state);
-        ext.load(&mut self.instance.plugin_handle(), &mut r).map_err(|e| anyhow!("{e}"))?;
+        ext.load(&self.instance.plugin_handle(), &mut r).map_err(|e| anyhow!("{e}"))?;
         self.pump();
         Ok(())
     }
@@ -228,7 +228,7 @@ impl Plugin {
             .access_shared_handler(|s| s.render.get().copied().flatten())
             .context("the plugin has no render extension")?;
         let mode = if offline { RenderMode::Offline } else { RenderMode::Realtime };
-        ext.set(&mut self.instance.plugin_handle(), mode).map_err(|e| anyhow!("render mode: {e}"))?;
+        ext.set(&self.instance.plugin_handle(), mode).map_err(|e| anyhow!("render mode: {e}"))?;
         self.pump();
         Ok(())
     }
@@ -240,21 +240,21 @@ impl Plugin {
             .instance
             .access_shared_handler(|s| s.gui.get().copied().flatten())
             .context("the plugin has no gui extension")?;
-        let mut handle = self.instance.plugin_handle();
+        let handle = self.instance.plugin_handle();
         let config = GuiConfiguration { api_type: GuiApiType::X11, is_floating: false };
-        ext.create(&mut handle, config).map_err(|e| anyhow!("gui create: {e:?}"))?;
-        let size = ext.get_size(&mut handle).context("gui size")?;
+        ext.create(&handle, config).map_err(|e| anyhow!("gui create: {e:?}"))?;
+        let size = ext.get_size(&handle).context("gui size")?;
         // SAFETY: `parent` is a live X11 window owned by the caller.
-        unsafe { ext.set_parent(&mut handle, Window::from_x11_handle(parent as _)) }
+        unsafe { ext.set_parent(&handle, Window::from_x11_handle(parent as _)) }
             .map_err(|e| anyhow!("gui set_parent: {e:?}"))?;
-        ext.show(&mut handle).map_err(|e| anyhow!("gui show: {e:?}"))?;
+        ext.show(&handle).map_err(|e| anyhow!("gui show: {e:?}"))?;
         self.pump();
         Ok((size.width, size.height))
     }
 
     pub fn close_gui(&mut self) {
         if let Some(ext) = self.instance.access_shared_handler(|s| s.gui.get().copied().flatten()) {
-            ext.destroy(&mut self.instance.plugin_handle());
+            ext.destroy(&self.instance.plugin_handle());
         }
         self.pump();
     }
@@ -321,7 +321,7 @@ impl Plugin {
             let pair = in_iter.next().unwrap();
             AudioPortBuffer {
                 latency: 0,
-                channels: AudioPortBufferType::f32_input_only(pair.iter_mut().map(|c| InputChannel::variable(c))),
+                channels: AudioPortBufferType::f32_input_only(pair.iter_mut().map(InputChannel::variable)),
             }
         }));
         let mut out_iter = outs.chunks_mut(2);
@@ -346,8 +346,6 @@ impl Plugin {
         let r = processor.process(&input, &mut output, &input_events, &mut output_events, None, Some(&t));
         self.last_process = t0.elapsed();
         r.map_err(|e| anyhow!("process failed: {e:?}"))?;
-        drop(output);
-        drop(input);
         let mut it = outs.into_iter();
         let main = [it.next().unwrap(), it.next().unwrap()];
         let mut aux = Vec::new();

@@ -1,6 +1,7 @@
 //! Host scenarios, each run in its own process by `plugin-scenario <name>` (see the crate docs).
 //! Environment: `MSDM_PLUGIN_LIB` (the plugin library), `MSDM_MODEL` (a tiny model),
 //! `MSDM_CACHE_DIR` (a temporary cache), `MSDM_PLUGIN_STEPS` (few diffusion steps).
+#![allow(clippy::needless_range_loop)] // channel/stem indices read clearer here
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
