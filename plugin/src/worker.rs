@@ -686,3 +686,18 @@ mod tests {
         shared.shutdown();
     }
 }
+
+#[cfg(test)]
+mod export_tests {
+    use super::unique_path;
+
+    #[test]
+    fn export_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(unique_path(dir.path(), "bass"), dir.path().join("bass.wav"));
+        std::fs::write(dir.path().join("bass.wav"), b"x").unwrap();
+        assert_eq!(unique_path(dir.path(), "bass"), dir.path().join("bass-2.wav"));
+        std::fs::write(dir.path().join("bass-2.wav"), b"x").unwrap();
+        assert_eq!(unique_path(dir.path(), "bass"), dir.path().join("bass-3.wav"));
+    }
+}
