@@ -52,6 +52,8 @@ pub struct JobOutput {
     pub stems: Vec<Vec<Vec<f32>>>,
     /// A cache write failed (the stems still play, but will not survive a reload).
     pub cache_error: Option<String>,
+    /// The model, kept alive by the worker so the next render does not load it again.
+    pub model: Arc<msdm::model_file::Model>,
 }
 
 /// Builds the engine job. Impute: a Given stem comes from its sidechain if that carried audio
@@ -164,7 +166,7 @@ pub fn run(req: JobRequest, cancel: &AtomicBool, shared: &Shared) -> Result<JobO
         if cache.has_stems(&key) {
             if let Ok((rate, stems)) = cache.get_stems(&key) {
                 if rate == req.rate && stems.iter().all(|s| s.len() == 2 && s[0].len() == req.len) {
-                    return Ok(JobOutput { take, stems, cache_error: None });
+                    return Ok(JobOutput { take, stems, cache_error: None, model });
                 }
             }
         }
@@ -192,7 +194,7 @@ pub fn run(req: JobRequest, cancel: &AtomicBool, shared: &Shared) -> Result<JobO
         Some(cache) => cache.put_stems(&key, req.rate, &stems).err().map(|e| format!("{e:#}")),
         None => Some("no cache folder".into()),
     };
-    Ok(JobOutput { take, stems, cache_error })
+    Ok(JobOutput { take, stems, cache_error, model })
 }
 
 /// Exactly two channels of exactly `len` samples, subnormals flushed to zero.

@@ -54,6 +54,8 @@ struct Worker {
     pending: Option<ToAudio>,
     /// After a cancelled capture: drop chunks still in flight until the next arm.
     discard_chunks: bool,
+    /// The last model used: holding it keeps it loaded (and shared) between renders.
+    model: Option<Arc<msdm::model_file::Model>>,
 }
 
 pub fn run(shared: Arc<Shared>, ends: WorkerEnds) {
@@ -70,6 +72,7 @@ pub fn run(shared: Arc<Shared>, ends: WorkerEnds) {
         host_rate: 0,
         pending: None,
         discard_chunks: false,
+        model: None,
     };
     w.run_loop();
     w.stop_job();
@@ -166,6 +169,7 @@ impl Worker {
             },
             Command::SetModel(path) => {
                 self.shared.params.session.update(|s| s.model_path = path.clone());
+                self.model = None; // the next render loads (or shares) the chosen model
                 match crate::models::resolve(path.as_deref()) {
                     Ok(p) => self.shared.set_message(format!("Model for the next render: {}", p.display())),
                     Err(e) => self.shared.set_message(format!("{e:#}")),
@@ -348,6 +352,7 @@ impl Worker {
                     i
                 });
                 let take = out.take.clone();
+                self.model = Some(out.model);
                 self.rendered = Some(Rendered { take: out.take, stems: out.stems });
                 self.after_stems_changed();
                 let mut st = self.shared.status();
