@@ -110,15 +110,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         let g = Settings::separation_gaussian();
         base = Settings { likelihood: g.likelihood, churn: if base == Settings::separation() { g.churn } else { base.churn }, ..base };
     }
-    let s = &args.sampling;
-    let settings = Settings {
-        steps: s.steps.unwrap_or(base.steps),
-        churn: s.churn.unwrap_or(base.churn),
-        resamples: s.resamples.unwrap_or(base.resamples),
-        sigma_max: s.sigma_max.unwrap_or(base.sigma_max),
-        seed: s.seed,
-        ..base
-    };
+    let settings = crate::jobs::settings(base, &args.sampling, false);
     let config = settings.sampler_config();
     let likelihood: Likelihood = settings.likelihood;
     let device = model.device().clone();

@@ -39,7 +39,8 @@ fn job_model(out: &OutputArgs) -> Result<Model> {
     }
 }
 
-fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
+/// The job's settings: `base` with the command line's overrides.
+pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
     Settings {
         steps: s.steps.unwrap_or(base.steps),
         churn: s.churn.unwrap_or(base.churn),

@@ -190,3 +190,23 @@ fn exported_model_carries_its_default_settings() {
     let err = fails(&["export", s(&model), "-o", s(&tmp.path().join("bad.safetensors")), "--defaults", s(&defaults)]);
     assert!(err.contains("defaults.separate"), "{err}");
 }
+
+#[test]
+fn synth_data_then_evaluate_with_the_paper_protocol() {
+    let sf2 = Path::new("/usr/share/sounds/sf2/TimGM6mb.sf2");
+    assert!(sf2.exists(), "install the Debian package timgm6mb-soundfont (.ci/run does)");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let text = ok(&["data", "synth", "-o", s(&data), "--soundfont", s(sf2), "--split", "test", "--count", "1", "--seconds", "13", "13", "-q"]);
+    assert!(text.contains("1 tracks"), "{text}");
+    let model = fixture_model(tmp.path());
+    let json = tmp.path().join("eval.json");
+    let text = ok(&["eval", "--data", s(&data), "--model", s(&model), "--steps", "2", "--resamples", "1", "--json", s(&json), "-q"]);
+    assert!(text.contains("All"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["summary"]["windows"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["summary"]["all"].as_f64().unwrap().is_finite());
+    // a folder that is not a dataset
+    let err = fails(&["eval", "--data", s(tmp.path()), "--model", s(&model)]);
+    assert!(err.contains("test"), "{err}");
+}
