@@ -51,6 +51,24 @@ pub struct SkippedTrack {
 type ProbedTrack = ([Option<PathBuf>; 4], [usize; 4]);
 
 /// Per-stem lengths of a track folder. Errors on wrong sample rates; `Ok(None)` when no stem exists.
+/// Every track folder of a split with its present stems: `(track cropped to its shortest stem,
+/// longest stem length)`, plus the folders without any stem file.
+fn probe_split(root: &Path, split: &str) -> Result<(PathBuf, Vec<(TrackEntry, usize)>, Vec<SkippedTrack>)> {
+    let (split_dir, listed) = list_tracks(root, split)?;
+    let mut probed = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, dir) in listed {
+        let Some((stems, lens)) = probe_track(&dir)? else {
+            skipped.push(SkippedTrack { name, reason: "no stem wav files".into() });
+            continue;
+        };
+        let present: Vec<usize> = (0..4).filter(|&s| stems[s].is_some()).map(|s| lens[s]).collect();
+        let (lo, hi) = (*present.iter().min().unwrap(), *present.iter().max().unwrap());
+        probed.push((TrackEntry { name, dir, stems, len: lo }, hi));
+    }
+    Ok((split_dir, probed, skipped))
+}
+
 fn probe_track(dir: &Path) -> Result<Option<ProbedTrack>> {
     let mut paths: [Option<PathBuf>; 4] = Default::default();
     let mut lens = [0usize; 4];
@@ -114,17 +132,11 @@ impl MultiSourceDataset {
         if !(min_duration_s >= 0.0 && max_duration_s > min_duration_s) {
             bail!("invalid duration filter: need 0 <= min_duration ({min_duration_s}) < max_duration ({max_duration_s})");
         }
-        let (split_dir, listed) = list_tracks(root, split)?;
+        let (split_dir, probed, mut skipped) = probe_split(root, split)?;
         let sr = MODEL_RATE as f64;
         let mut tracks = Vec::new();
-        let mut skipped = Vec::new();
-        for (name, dir) in listed {
-            let Some((stems, lens)) = probe_track(&dir)? else {
-                skipped.push(SkippedTrack { name, reason: "no stem wav files".into() });
-                continue;
-            };
-            let present: Vec<usize> = (0..4).filter(|&s| stems[s].is_some()).map(|s| lens[s]).collect();
-            let (lo, hi) = (*present.iter().min().unwrap(), *present.iter().max().unwrap());
+        for (track, hi) in probed {
+            let (lo, name) = (track.len, track.name.clone());
             let reason = if (lo as f64) / sr < min_duration_s {
                 Some(format!("shorter than {min_duration_s} s ({:.2} s)", lo as f64 / sr))
             } else if (hi as f64) / sr >= max_duration_s {
@@ -136,7 +148,7 @@ impl MultiSourceDataset {
             };
             match reason {
                 Some(reason) => skipped.push(SkippedTrack { name, reason }),
-                None => tracks.push(TrackEntry { name, dir, stems, len: lo }),
+                None => tracks.push(track),
             }
         }
         if tracks.is_empty() {
@@ -287,24 +299,17 @@ impl ChunkedTracks {
         if chunk_len == 0 {
             bail!("chunk length must be positive");
         }
-        let (split_dir, listed) = list_tracks(root, split)?;
+        let (split_dir, probed, skipped) = probe_split(root, split)?;
         let mut tracks = Vec::new();
-        let mut skipped = Vec::new();
-        for (name, dir) in listed {
-            let Some((stems, lens)) = probe_track(&dir)? else {
-                skipped.push(SkippedTrack { name, reason: "no stem wav files".into() });
-                continue;
-            };
-            let present: Vec<usize> = (0..4).filter(|&s| stems[s].is_some()).map(|s| lens[s]).collect();
-            let (lo, hi) = (*present.iter().min().unwrap(), *present.iter().max().unwrap());
-            if hi - lo > MAX_LENGTH_MISMATCH {
+        for (track, hi) in probed {
+            if hi - track.len > MAX_LENGTH_MISMATCH {
                 bail!(
                     "{}: stem lengths differ by {} samples (more than 0.1 s = {MAX_LENGTH_MISMATCH}); the stems are not aligned",
-                    dir.display(),
-                    hi - lo
+                    track.dir.display(),
+                    hi - track.len
                 );
             }
-            tracks.push(TrackEntry { name, dir, stems, len: lo });
+            tracks.push(track);
         }
         Ok(ChunkedTracks { split_dir, chunk_len, tracks, skipped })
     }
