@@ -107,8 +107,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let probe = Job::Separate { mix: msdm::audio::AudioBuffer::new(msdm::MODEL_RATE, vec![vec![0.0; 1]]) };
     let mut base = Settings::for_job(&probe, &model);
     if args.likelihood == LikelihoodArg::Gaussian {
-        let g = Settings::separation_gaussian();
-        base = Settings { likelihood: g.likelihood, churn: if base == Settings::separation() { g.churn } else { base.churn }, ..base };
+        base = base.with_gaussian(0.75);
     }
     let settings = crate::jobs::settings(base, &args.sampling, false);
     let config = settings.sampler_config();

@@ -136,9 +136,7 @@ pub fn separate(
             Settings { likelihood: Likelihood::Dirac { constrained: c }, ..b }
         }
         LikelihoodArg::Gaussian => {
-            let b = Settings::for_job(&job, &model);
-            let g = Settings::separation_gaussian();
-            Settings { likelihood: Likelihood::Gaussian { gamma_coeff }, churn: if b == Settings::separation() { g.churn } else { b.churn }, ..b }
+            Settings::for_job(&job, &model).with_gaussian(gamma_coeff)
         }
     };
     run_takes(&model, &job, &settings(base, sampling, out.mono), out)

@@ -105,6 +105,14 @@ impl Settings {
             .unwrap_or(base)
     }
 
+    /// These settings with the Gaussian likelihood (γ = `gamma_coeff`·σ). Where they are the
+    /// released Dirac defaults, the released Gaussian churn (40) comes along; a model's own
+    /// defaults keep their churn.
+    pub fn with_gaussian(self, gamma_coeff: f32) -> Self {
+        let churn = if self == Self::separation() { Self::separation_gaussian().churn } else { self.churn };
+        Self { likelihood: Likelihood::Gaussian { gamma_coeff }, churn, ..self }
+    }
+
     pub fn sampler_config(&self) -> SamplerConfig {
         SamplerConfig {
             sigmas: karras(self.steps, self.sigma_min, self.sigma_max, self.rho),
@@ -566,6 +574,14 @@ mod tests {
             .unwrap();
         assert_eq!(g.stems[0].frames(), 8820);
         assert!(g.stems.iter().all(|s| s.channels[0].iter().all(|x| x.is_finite())));
+    }
+
+    #[test]
+    fn gaussian_settings_take_the_released_churn_only_over_released_defaults() {
+        assert_eq!(Settings::separation().with_gaussian(0.75), Settings::separation_gaussian());
+        let own = Settings { steps: 48, churn: 0.0, resamples: 1, ..Settings::separation() };
+        let g = own.clone().with_gaussian(0.5);
+        assert_eq!((g.churn, g.steps, g.likelihood), (0.0, 48, Likelihood::Gaussian { gamma_coeff: 0.5 }));
     }
 
     #[test]

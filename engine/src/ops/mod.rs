@@ -21,7 +21,7 @@ mod simd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Group-norm epsilon and layer-norm epsilon of the reference (PyTorch defaults).
 pub const NORM_EPS: f64 = 1e-5;
@@ -482,13 +482,6 @@ fn unpatch_composite(x: &Tensor, p: usize) -> Result<Tensor> {
     x.reshape((b, cp / p, p, l))?.transpose(2, 3)?.reshape((b, cp / p, l * p))
 }
 
-/// A plain module wrapper so closures can be used where candle expects a `Module`.
-pub struct Func<F: Fn(&Tensor) -> Result<Tensor>>(pub F);
-impl<F: Fn(&Tensor) -> Result<Tensor>> Module for Func<F> {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        (self.0)(xs)
-    }
-}
 
 #[cfg(test)]
 mod tests {
