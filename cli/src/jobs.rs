@@ -1,10 +1,12 @@
 //! `msdm separate`, `generate` and `impute`: thin shells over `msdm::tasks`.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use msdm::audio::{self, AudioBuffer, OutputPolicy, SampleFormat};
+use msdm::audio::{self, AudioBuffer, AudioReader, OutputPolicy, ReadOptions, SampleFormat, WavStreamWriter};
 use msdm::model_file::{bundled_model_path, Model};
+use msdm::separation::{self, FrameSource};
 use msdm::separator::Likelihood;
 use msdm::tasks::{self, Job, Settings};
 
@@ -61,15 +63,14 @@ fn format(f: FormatArg) -> SampleFormat {
     }
 }
 
-/// Runs `job` once per take and writes the stems.
-fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) -> Result<()> {
+/// The output folder of each take, each checked before anything is computed.
+fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>, Vec<String>, OutputPolicy)> {
     if out.takes == 0 {
         bail!("--takes must be at least 1");
     }
     let names: Vec<String> = model.meta.stems.iter().map(|s| format!("{s}.wav")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let policy = if out.force { OutputPolicy::Overwrite } else { OutputPolicy::Refuse };
-    // Check every destination before computing anything.
     let dirs: Vec<PathBuf> = (0..out.takes)
         .map(|k| if out.takes == 1 { out.output.clone() } else { out.output.join(format!("take-{}", k + 1)) })
         .collect();
@@ -77,15 +78,23 @@ fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) ->
         audio::ensure_output_dir(d, &name_refs, policy)?;
     }
     eprintln!(
-        "model {} ({} parameters) on {}; {} steps x {} resamples, churn {}, seed {}",
+        "model {} ({} parameters) on {}",
         model.id(),
         model.parameter_count(),
         msdm::device::describe(model.device()),
-        settings.steps,
-        settings.resamples,
-        settings.churn,
-        settings.seed
     );
+    Ok((dirs, names, policy))
+}
+
+fn describe(s: &Settings) -> String {
+    format!("{} steps x {} resamples, churn {}, seed {}", s.steps, s.resamples, s.churn, s.seed)
+}
+
+/// Runs `job` once per take and writes the stems.
+fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) -> Result<()> {
+    let (dirs, names, policy) = take_dirs(model, out)?;
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    eprintln!("{}", describe(settings));
     for (k, dir) in dirs.iter().enumerate() {
         let s = Settings { seed: settings.seed + k as u64, ..settings.clone() };
         let pb = crate::progress::bar(out.quiet, if out.takes > 1 { "take" } else { "sampling" });
@@ -101,12 +110,53 @@ fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) ->
             audio::write_wav(path, stem, format(out.format))?;
         }
         println!("wrote {} stems to {} in {:.1} s (seed {})", set.stems.len(), dir.display(), set.seconds, s.seed);
-        if matches!(job, Job::Separate { .. }) {
-            println!(
-                "residual |mix - sum of stems|: max {:.2e} as written ({:.2e} before the band above 11,025 Hz was handed to the stems)",
-                set.residual_max, set.unseen_max
-            );
+    }
+    Ok(())
+}
+
+/// Separates `input` once per take, streaming: the file is decoded, separated and written piece
+/// by piece, so memory stays flat however long it is; each stem file appears (atomically) only
+/// once its take is complete.
+fn separate_takes(model: &Model, input: &Path, settings: &Settings, out: &OutputArgs) -> Result<()> {
+    // Decode the whole input once first (fast, flat memory), so a damaged, truncated or NaN
+    // file fails at once rather than after minutes of sampling.
+    let mut check = AudioReader::open(input, &ReadOptions::default())?;
+    while check.next_chunk()?.is_some() {}
+    let (dirs, names, policy) = take_dirs(model, out)?;
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    eprintln!("{}", describe(settings));
+    for (k, dir) in dirs.iter().enumerate() {
+        let s = Settings { seed: settings.seed + k as u64, ..settings.clone() };
+        let mut reader = AudioReader::open(input, &ReadOptions::default())?;
+        let paths = audio::ensure_output_dir(dir, &name_refs, policy)?;
+        let channels = reader.output_channels(s.mono);
+        let mut writers = paths
+            .iter()
+            .map(|p| WavStreamWriter::create(p, channels, reader.rate(), format(out.format)))
+            .collect::<Result<Vec<_>>>()?;
+        let pb = crate::progress::bar(out.quiet, if out.takes > 1 { "take" } else { "sampling" });
+        let started = Instant::now();
+        let result = separation::separate(model, &mut reader, &s, &mut writers, &mut |p| {
+            pb.set_length(p.total as u64);
+            pb.set_position(p.done as u64);
+            true
+        });
+        pb.finish_and_clear();
+        let report = result?;
+        for w in writers {
+            w.finish()?;
         }
+        println!(
+            "wrote {} stems to {} in {:.1} s (seed {})",
+            names.len(),
+            dir.display(),
+            started.elapsed().as_secs_f64(),
+            s.seed
+        );
+        println!(
+            "residual |mix - sum of stems|: max {:.2e} as written ({:.2e} before the band above 11,025 Hz was handed to the stems)",
+            report.residual_max, report.unseen_max
+        );
     }
     Ok(())
 }
@@ -119,9 +169,7 @@ pub fn separate(
     constrained: &str,
     gamma_coeff: f32,
 ) -> Result<()> {
-    let mix = audio::read_audio(input)?;
     let model = job_model(out)?;
-    let job = Job::Separate { mix };
     let stems = &model.meta.stems;
     let c = match constrained.parse::<usize>() {
         Ok(i) if i < stems.len() => i,
@@ -132,14 +180,14 @@ pub fn separate(
     };
     let base = match likelihood {
         LikelihoodArg::Dirac => {
-            let b = Settings::for_job(&job, &model);
+            let b = Settings::for_separation(&model);
             Settings { likelihood: Likelihood::Dirac { constrained: c }, ..b }
         }
         LikelihoodArg::Gaussian => {
-            Settings::for_job(&job, &model).with_gaussian(gamma_coeff)
+            Settings::for_separation(&model).with_gaussian(gamma_coeff)
         }
     };
-    run_takes(&model, &job, &settings(base, sampling, out.mono), out)
+    separate_takes(&model, input, &settings(base, sampling, out.mono), out)
 }
 
 pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u32, channels: usize) -> Result<()> {

@@ -9,6 +9,7 @@
 //! - [`noise`]: seeded and recorded standard-normal draws;
 //! - [`sampler`]: Euler + churn with resamples, for generation and source imputation;
 //! - [`separator`]: posterior sampling with the Dirac and Gaussian likelihoods;
+//! - [`separation`]: separating a mix of any length as a stream, in flat memory;
 //! - [`model_file`]: our self-describing safetensors model format.
 
 pub mod config;
@@ -19,6 +20,7 @@ pub mod noise;
 pub mod ops;
 pub mod sampler;
 pub mod schedule;
+pub mod separation;
 pub mod separator;
 pub mod unet;
 pub mod train;

@@ -77,6 +77,37 @@ impl NoiseSource for RecordedNoise {
     }
 }
 
+/// Noise for a batch whose items have their own seeds: item b of every draw comes from the
+/// generator seeded with `seeds[b]` (items with equal seeds get equal noise).
+pub struct ItemNoise {
+    gens: Vec<SeededNoise>,
+}
+
+impl ItemNoise {
+    pub fn new(seeds: &[u64]) -> Self {
+        Self { gens: seeds.iter().map(|&s| SeededNoise::new(s)).collect() }
+    }
+}
+
+impl NoiseSource for ItemNoise {
+    fn draw(&mut self, n: usize) -> Result<Vec<f32>> {
+        let per = n / self.gens.len();
+        let mut v = Vec::with_capacity(n);
+        for g in &mut self.gens {
+            v.extend(g.standard_normal(per));
+        }
+        Ok(v)
+    }
+}
+
+/// The seed of window `w` of a run seeded with `seed` (SplitMix64 of both).
+pub fn window_seed(seed: u64, w: usize) -> u64 {
+    let mut z = seed.wrapping_add((w as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

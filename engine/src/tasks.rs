@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::audio::{self, AudioBuffer};
 use crate::model_file::Model;
-use crate::noise::{NoiseSource, SeededNoise};
+use crate::noise::{window_seed, ItemNoise};
 use crate::sampler::{self, Posterior, SamplerConfig};
 use crate::schedule::karras;
-use crate::separator::{self, Likelihood};
+use crate::separation;
+use crate::separator::Likelihood;
 use crate::MODEL_RATE;
 
 /// What to do.
@@ -91,11 +92,19 @@ impl Settings {
     /// Defaults for a job: the model file's own defaults for that job if it has them
     /// (`meta.info.defaults.{separate,generate,impute}`), else the released settings.
     pub fn for_job(job: &Job, model: &Model) -> Self {
-        let (key, base) = match job {
-            Job::Separate { .. } => ("separate", Self::separation()),
-            Job::Impute { .. } => ("impute", Self::imputation()),
-            Job::Generate { .. } => ("generate", Self::generation()),
-        };
+        match job {
+            Job::Separate { .. } => Self::model_defaults(model, "separate", Self::separation()),
+            Job::Impute { .. } => Self::model_defaults(model, "impute", Self::imputation()),
+            Job::Generate { .. } => Self::model_defaults(model, "generate", Self::generation()),
+        }
+    }
+
+    /// [`Settings::for_job`] for separation.
+    pub fn for_separation(model: &Model) -> Self {
+        Self::model_defaults(model, "separate", Self::separation())
+    }
+
+    fn model_defaults(model: &Model, key: &str, base: Self) -> Self {
         model
             .meta
             .info
@@ -233,37 +242,6 @@ fn overlap(window: usize) -> usize {
     window / 8
 }
 
-/// Noise for a batch whose items have their own seeds: item b of every draw comes from the
-/// generator seeded with `seeds[b]` (items with equal seeds get equal noise).
-struct ItemNoise {
-    gens: Vec<SeededNoise>,
-}
-
-impl ItemNoise {
-    fn new(seeds: &[u64]) -> Self {
-        Self { gens: seeds.iter().map(|&s| SeededNoise::new(s)).collect() }
-    }
-}
-
-impl NoiseSource for ItemNoise {
-    fn draw(&mut self, n: usize) -> Result<Vec<f32>> {
-        let per = n / self.gens.len();
-        let mut v = Vec::with_capacity(n);
-        for g in &mut self.gens {
-            v.extend(g.standard_normal(per));
-        }
-        Ok(v)
-    }
-}
-
-/// The seed of window `w` of a run seeded with `seed` (SplitMix64 of both).
-fn window_seed(seed: u64, w: usize) -> u64 {
-    let mut z = seed.wrapping_add((w as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-    z ^ (z >> 31)
-}
-
 fn check_audio(what: &str, a: &AudioBuffer) -> Result<()> {
     if a.frames() == 0 || a.num_channels() == 0 {
         bail!("{what} is empty: there is no audio to process");
@@ -298,85 +276,15 @@ fn from_model_rate(channels: &[Vec<f32>], rate: u32, frames: usize) -> Result<Ve
 
 fn separate(model: &Model, mix: &AudioBuffer, settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
     check_audio("the mix", mix)?;
-    let device = model.device().clone();
-    let n_stems = model.num_stems();
-    let input = working_channels(mix, settings.mono);
-    let mix22 = to_model_rate(&input, mix.rate)?;
-    let len22 = mix22[0].len();
-    let window = model.window();
-    let plan = audio::plan(len22, window, overlap(window));
-    // items: (window, channel)
-    let items: Vec<(usize, usize)> = (0..plan.len()).flat_map(|w| (0..input.len()).map(move |c| (w, c))).collect();
-    // Near-equal batches: 5 windows with batch 4 run as 3 + 2, not 4 + 1.
-    let batches = items.len().div_ceil(settings.batch.max(1));
-    let batch = items.len().div_ceil(batches.max(1)).max(1);
-    let config = settings.sampler_config();
-    let total = items.len().div_ceil(batch) * config.calls();
-    let mut done_before = 0;
-    // outputs[channel][window][stem][sample]
-    let mut outputs = vec![vec![Vec::new(); plan.len()]; input.len()];
-    for chunk in items.chunks(batch) {
-        let mut data = Vec::with_capacity(chunk.len() * window);
-        for &(w, c) in chunk {
-            data.extend(plan.extract(&mix22[c], w));
-        }
-        let y = Tensor::from_vec(data, (chunk.len(), 1, window), &device)?;
-        let seeds: Vec<u64> = chunk.iter().map(|&(w, _)| window_seed(settings.seed, w)).collect();
-        let mut noise = ItemNoise::new(&seeds);
-        let mut cb = |d: usize, _t: usize| progress(Progress { done: done_before + d, total });
-        let x = separator::separate(model.stems_denoiser(), &y, settings.likelihood, &config, &mut noise, &mut cb)?;
-        done_before += config.calls();
-        let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
-        for (&(w, c), stems) in chunk.iter().zip(x) {
-            outputs[c][w] = stems;
-        }
-    }
-    // join windows, back to the input rate, hand over the unseen band
-    let frames = mix.frames();
-    let mut per_stem: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(input.len()); n_stems];
-    let (mut residual_max, mut unseen_max) = (0f32, 0f32);
-    for (c, windows) in outputs.iter().enumerate() {
-        let stems22 = plan.overlap_add(windows, len22);
-        let mut stems = from_model_rate(&stems22, mix.rate, frames)?;
-        let target = &input[c];
-        let reference: Vec<f32> = match settings.likelihood {
-            // Dirac: the stems must sum to the input.
-            Likelihood::Dirac { .. } => target.clone(),
-            // Gaussian: keep the model's own (soft) consistency; add only what it never saw.
-            Likelihood::Gaussian { .. } => {
-                let seen = from_model_rate(&mix22[c..c + 1], mix.rate, frames)?.remove(0);
-                let sum = sum_channels(&stems);
-                (0..frames).map(|i| sum[i] + target[i] - seen[i]).collect()
-            }
-        };
-        unseen_max = unseen_max.max(max_abs_diff(target, &sum_channels(&stems)));
-        audio::distribute_residual(&mut stems, &reference, 2048);
-        residual_max = residual_max.max(max_abs_diff(target, &sum_channels(&stems)));
-        for (s, sig) in stems.into_iter().enumerate() {
-            per_stem[s].push(sig);
-        }
-    }
+    let mut sink = separation::BufferSink::default();
+    let report = separation::separate(model, &mut separation::BufferSource::new(mix), settings, &mut sink, progress)?;
     Ok(StemSet {
         names: model.meta.stems.clone(),
-        stems: per_stem.into_iter().map(|ch| AudioBuffer::new(mix.rate, ch)).collect(),
-        residual_max,
-        unseen_max,
+        stems: sink.stems.into_iter().map(|ch| AudioBuffer::new(mix.rate, ch)).collect(),
+        residual_max: report.residual_max,
+        unseen_max: report.unseen_max,
         seconds: 0.0,
     })
-}
-
-fn sum_channels(stems: &[Vec<f32>]) -> Vec<f32> {
-    let mut s = vec![0f32; stems.first().map_or(0, Vec::len)];
-    for st in stems {
-        for (a, b) in s.iter_mut().zip(st) {
-            *a += b;
-        }
-    }
-    s
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
 fn impute(model: &Model, given: &[Option<AudioBuffer>], settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {

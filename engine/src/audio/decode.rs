@@ -62,143 +62,221 @@ pub fn read_audio(path: &Path) -> Result<AudioBuffer> {
 /// corrupt or truncated data, no samples, NaN/Inf samples, or audio longer than
 /// `opts.max_duration_s`.
 pub fn read_audio_with(path: &Path, opts: &ReadOptions) -> Result<AudioBuffer> {
-    let shown = path.display();
-    if !path.exists() {
-        bail!("audio file not found: {shown}; check the path");
+    let mut reader = AudioReader::open(path, opts)?;
+    let expected = reader.frames_hint().unwrap_or(0).min((opts.max_duration_s.max(0.0) * reader.rate() as f64) as usize + 1);
+    let mut channels: Vec<Vec<f32>> = Vec::new();
+    while let Some(chunk) = reader.next_chunk()? {
+        if channels.is_empty() {
+            channels = chunk.iter().map(|_| Vec::with_capacity(expected)).collect();
+        }
+        for (c, part) in channels.iter_mut().zip(chunk) {
+            c.extend(part);
+        }
     }
-    if path.is_dir() {
-        bail!("{shown} is a directory, not an audio file");
-    }
-    let file = File::open(path).with_context(|| format!("cannot open audio file {shown}"))?;
-    let stream = MediaSourceStream::new(Box::new(file), Default::default());
-    let mut hint = Hint::new();
-    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-        hint.with_extension(ext);
-    }
-    let format_opts = FormatOptions {
-        enable_gapless: true,
-        ..Default::default()
-    };
-    let probed = symphonia::default::get_probe()
-        .format(&hint, stream, &format_opts, &MetadataOptions::default())
-        .map_err(|e| match e {
-            SymError::Unsupported(_) => anyhow::anyhow!(
-                "cannot read {shown}: not a recognised audio file ({e}); supported formats are \
-                 {SUPPORTED}; convert it, e.g. `ffmpeg -i <file> out.wav`"
-            ),
-            _ => anyhow::anyhow!(
-                "cannot read {shown}: the file is damaged or truncated ({e}); re-export or \
-                 re-copy it"
-            ),
-        })?;
-    let mut format = probed.format;
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .with_context(|| format!("{shown} contains no audio track"))?;
-    let track_id = track.id;
-    let params = track.codec_params.clone();
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&params, &DecoderOptions::default())
-        .map_err(|e| {
+    Ok(AudioBuffer { rate: reader.rate(), channels })
+}
+
+/// An audio file decoded piece by piece, with the checks of [`read_audio_with`]: memory stays
+/// flat however long the file is. [`next_chunk`](Self::next_chunk) returns `None` only after
+/// the whole file decoded cleanly to the length its header promises.
+pub struct AudioReader {
+    shown: String,
+    opts: ReadOptions,
+    format: Box<dyn symphonia::core::formats::FormatReader>,
+    decoder: Box<dyn symphonia::core::codecs::Decoder>,
+    track_id: u32,
+    params: CodecParameters,
+    rate: u32,
+    channels: usize,
+    /// Frames handed out so far.
+    frames: usize,
+    samples: Option<SampleBuffer<f32>>,
+    done: bool,
+    /// A chunk decoded early to learn the rate or channel count the header did not give.
+    peeked: Option<Vec<Vec<f32>>>,
+}
+
+impl AudioReader {
+    /// Opens and probes `path` (see [`read_audio_with`] for the errors).
+    pub fn open(path: &Path, opts: &ReadOptions) -> Result<Self> {
+        let shown = path.display().to_string();
+        if !path.exists() {
+            bail!("audio file not found: {shown}; check the path");
+        }
+        if path.is_dir() {
+            bail!("{shown} is a directory, not an audio file");
+        }
+        let file = File::open(path).with_context(|| format!("cannot open audio file {shown}"))?;
+        let stream = MediaSourceStream::new(Box::new(file), Default::default());
+        let mut hint = Hint::new();
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            hint.with_extension(ext);
+        }
+        let format_opts = FormatOptions { enable_gapless: true, ..Default::default() };
+        let probed = symphonia::default::get_probe()
+            .format(&hint, stream, &format_opts, &MetadataOptions::default())
+            .map_err(|e| match e {
+                SymError::Unsupported(_) => anyhow::anyhow!(
+                    "cannot read {shown}: not a recognised audio file ({e}); supported formats are \
+                     {SUPPORTED}; convert it, e.g. `ffmpeg -i <file> out.wav`"
+                ),
+                _ => anyhow::anyhow!(
+                    "cannot read {shown}: the file is damaged or truncated ({e}); re-export or \
+                     re-copy it"
+                ),
+            })?;
+        let format = probed.format;
+        let track = format
+            .tracks()
+            .iter()
+            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .with_context(|| format!("{shown} contains no audio track"))?;
+        let track_id = track.id;
+        let params = track.codec_params.clone();
+        let decoder = symphonia::default::get_codecs().make(&params, &DecoderOptions::default()).map_err(|e| {
             anyhow::anyhow!(
                 "cannot decode {shown}: unsupported codec ({e}); supported formats are {SUPPORTED}; \
                  convert it, e.g. `ffmpeg -i <file> out.wav`"
             )
         })?;
+        let reader = Self {
+            rate: params.sample_rate.unwrap_or(0),
+            channels: params.channels.map_or(0, |c| c.count()),
+            shown,
+            opts: opts.clone(),
+            format,
+            decoder,
+            track_id,
+            params,
+            frames: 0,
+            samples: None,
+            done: false,
+            peeked: None,
+        };
+        if let Some(n) = reader.params.n_frames {
+            reader.check_length(n)?;
+        }
+        if reader.rate == 0 || reader.channels == 0 {
+            let mut reader = reader;
+            reader.peeked = reader.next_chunk()?;
+            return Ok(reader);
+        }
+        Ok(reader)
+    }
 
-    let mut rate = params.sample_rate.unwrap_or(0);
-    let check_length = |frames: u64, rate: u32| -> Result<()> {
-        if rate > 0 && frames as f64 / rate as f64 > opts.max_duration_s {
+    /// Sample rate (from the header; 0 if the header does not say and nothing was decoded yet).
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Channel count (from the header; 0 if the header does not say and nothing was decoded yet).
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The length the header gives, in frames, if it gives one.
+    pub fn frames_hint(&self) -> Option<usize> {
+        self.params.n_frames.map(|n| n as usize)
+    }
+
+    fn check_length(&self, frames: u64) -> Result<()> {
+        if self.rate > 0 && frames as f64 / self.rate as f64 > self.opts.max_duration_s {
             bail!(
-                "{shown} is too long: {:.1} s or more of audio (the limit is {:.1} s); \
-                 cut it into shorter pieces",
-                frames as f64 / rate as f64,
-                opts.max_duration_s
+                "{} is too long: {:.1} s or more of audio (the limit is {:.1} s); cut it into shorter pieces",
+                self.shown,
+                frames as f64 / self.rate as f64,
+                self.opts.max_duration_s
             );
         }
         Ok(())
-    };
-    if let Some(n) = params.n_frames {
-        check_length(n, rate)?;
     }
 
-    let mut channels: Vec<Vec<f32>> = Vec::new();
-    let mut samples: Option<SampleBuffer<f32>> = None;
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(SymError::ResetRequired) => bail!(
-                "{shown}: the stream changes format part-way (chained stream); \
-                 convert it to a plain WAV or FLAC first"
-            ),
-            Err(e) => bail!(
-                "{shown} is damaged: cannot read past {} ({e}); re-export or re-copy it",
-                at(&channels, rate)
-            ),
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
-        let decoded = match decoder.decode(&packet) {
-            Ok(d) => d,
-            Err(e) => bail!(
-                "{shown} is damaged: decoding failed at {} ({e}); re-export or re-copy it \
-                 (or convert it, e.g. `ffmpeg -i <file> fixed.wav`, to keep what is readable)",
-                at(&channels, rate)
-            ),
-        };
-        let spec = *decoded.spec();
-        let n_ch = spec.channels.count();
-        if channels.is_empty() {
-            // Reserve what the header promises, bounded by the duration limit.
-            let limit = opts.max_duration_s.max(0.0) * spec.rate as f64;
-            let expected = (params.n_frames.unwrap_or(0) as f64).min(limit + 1.0) as usize;
-            channels = (0..n_ch).map(|_| Vec::with_capacity(expected)).collect();
-            rate = spec.rate;
-        } else if n_ch != channels.len() || spec.rate != rate {
-            bail!("{shown}: the channel count or sample rate changes part-way; convert it first");
-        }
-        if decoded.frames() == 0 {
-            continue;
-        }
-        let n = decoded.frames();
-        let buf = match &mut samples {
-            Some(b) if b.capacity() >= n * n_ch => b,
-            _ => samples.insert(SampleBuffer::new(decoded.capacity().max(n) as u64, spec)),
-        };
-        buf.copy_planar_ref(decoded);
-        for (c, plane) in channels.iter_mut().zip(buf.samples().chunks_exact(n)) {
-            c.extend_from_slice(plane);
-        }
-        check_length(channels[0].len() as u64, rate)?;
+    /// "12.345 s" for the current decode position.
+    fn at(&self) -> String {
+        format!("{:.3} s", self.frames as f64 / self.rate.max(1) as f64)
     }
 
-    // Ogg gives the exact length (last page's granule position), but symphonia 0.5 does not
-    // trim the encoder padding from the final Vorbis packet: do it here.
-    if let (Some(n), CODEC_TYPE_VORBIS) = (params.n_frames, params.codec) {
-        channels.iter_mut().for_each(|c| c.truncate(n as usize));
-    }
-    let audio = AudioBuffer { rate, channels };
-    if audio.frames() == 0 || rate == 0 {
-        bail!("{shown} contains no audio samples (zero length); choose a file with audio in it");
-    }
-    if let Some(expected) = params.n_frames {
-        let got = audio.frames() as u64;
-        if got < expected && length_is_exact(&params) && !opts.allow_truncated {
-            bail!(
-                "{shown} is truncated or damaged: its header promises {:.3} s but only {:.3} s \
-                 could be decoded ({got} of {expected} frames); re-export or re-copy it (or \
-                 convert it, e.g. `ffmpeg -i <file> fixed.wav`, to keep the part that is readable)",
-                expected as f64 / rate as f64,
-                got as f64 / rate as f64
-            );
+    /// The next decoded frames (planar, at least one frame), or `None` at the end of the file.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<Vec<f32>>>> {
+        if let Some(chunk) = self.peeked.take() {
+            return Ok(Some(chunk));
         }
+        let shown = self.shown.clone();
+        while !self.done {
+            let packet = match self.format.next_packet() {
+                Ok(p) => p,
+                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.done = true;
+                    break;
+                }
+                Err(SymError::ResetRequired) => bail!(
+                    "{shown}: the stream changes format part-way (chained stream); \
+                     convert it to a plain WAV or FLAC first"
+                ),
+                Err(e) => bail!("{shown} is damaged: cannot read past {} ({e}); re-export or re-copy it", self.at()),
+            };
+            if packet.track_id() != self.track_id {
+                continue;
+            }
+            let decoded = match self.decoder.decode(&packet) {
+                Ok(d) => d,
+                Err(e) => bail!(
+                    "{shown} is damaged: decoding failed at {} ({e}); re-export or re-copy it \
+                     (or convert it, e.g. `ffmpeg -i <file> fixed.wav`, to keep what is readable)",
+                    self.at()
+                ),
+            };
+            let spec = *decoded.spec();
+            let n_ch = spec.channels.count();
+            if self.frames == 0 {
+                self.channels = n_ch;
+                self.rate = spec.rate;
+            } else if n_ch != self.channels || spec.rate != self.rate {
+                bail!("{shown}: the channel count or sample rate changes part-way; convert it first");
+            }
+            let mut n = decoded.frames();
+            // Ogg gives the exact length (last page's granule position), but symphonia 0.5 does
+            // not trim the encoder padding from the final Vorbis packet: do it here.
+            if let (Some(total), CODEC_TYPE_VORBIS) = (self.params.n_frames, self.params.codec) {
+                n = n.min((total as usize).saturating_sub(self.frames));
+            }
+            if n == 0 {
+                continue;
+            }
+            let buf = match &mut self.samples {
+                Some(b) if b.capacity() >= decoded.frames() * n_ch => b,
+                _ => self.samples.insert(SampleBuffer::new(decoded.capacity().max(decoded.frames()) as u64, spec)),
+            };
+            buf.copy_planar_ref(decoded);
+            let all = decoded_frames(buf, n_ch);
+            let chunk: Vec<Vec<f32>> = buf.samples().chunks_exact(all).map(|plane| plane[..n].to_vec()).collect();
+            validate_chunk(&chunk, self.frames, self.rate).with_context(|| format!("{shown} has invalid samples"))?;
+            self.frames += n;
+            self.check_length(self.frames as u64)?;
+            return Ok(Some(chunk));
+        }
+        if self.frames == 0 || self.rate == 0 {
+            bail!("{shown} contains no audio samples (zero length); choose a file with audio in it");
+        }
+        if let Some(expected) = self.params.n_frames {
+            let got = self.frames as u64;
+            if got < expected && length_is_exact(&self.params) && !self.opts.allow_truncated {
+                bail!(
+                    "{shown} is truncated or damaged: its header promises {:.3} s but only {:.3} s \
+                     could be decoded ({got} of {expected} frames); re-export or re-copy it (or \
+                     convert it, e.g. `ffmpeg -i <file> fixed.wav`, to keep the part that is readable)",
+                    expected as f64 / self.rate as f64,
+                    got as f64 / self.rate as f64
+                );
+            }
+        }
+        Ok(None)
     }
-    validate_samples(&audio).with_context(|| format!("{shown} has invalid samples"))?;
-    Ok(audio)
+}
+
+/// Frames per plane in a sample buffer holding one decoded packet.
+fn decoded_frames(buf: &SampleBuffer<f32>, channels: usize) -> usize {
+    buf.samples().len() / channels.max(1)
 }
 
 /// Whether the header's frame count is exact, so that a shortfall means lost audio: lossless
@@ -229,26 +307,25 @@ fn length_is_exact(params: &CodecParameters) -> bool {
     )
 }
 
-/// "12.345 s" for the current decode position.
-fn at(channels: &[Vec<f32>], rate: u32) -> String {
-    let frames = channels.first().map_or(0, Vec::len);
-    format!("{:.3} s", frames as f64 / rate.max(1) as f64)
-}
-
 /// Checks every sample is finite; the error names the first bad sample's time and channel.
 pub fn validate_samples(audio: &AudioBuffer) -> Result<()> {
-    let first_bad = audio
-        .channels
+    validate_chunk(&audio.channels, 0, audio.rate)
+}
+
+/// [`validate_samples`] for a piece of a longer signal that starts at frame `offset`.
+pub fn validate_chunk(channels: &[Vec<f32>], offset: usize, rate: u32) -> Result<()> {
+    let first_bad = channels
         .iter()
         .enumerate()
         .filter_map(|(c, ch)| ch.iter().position(|x| !x.is_finite()).map(|i| (i, c)))
         .min();
     if let Some((i, c)) = first_bad {
-        let x = audio.channels[c][i];
+        let x = channels[c][i];
+        let i = i + offset;
         bail!(
             "sample {i} (at {:.6} s) of channel {} is {x}, not a finite number; \
              the audio is damaged: re-export it",
-            i as f64 / audio.rate.max(1) as f64,
+            i as f64 / rate.max(1) as f64,
             c + 1
         );
     }

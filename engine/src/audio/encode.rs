@@ -73,63 +73,95 @@ pub fn ensure_output_dir(dir: &Path, names: &[&str], policy: OutputPolicy) -> Re
 /// Refuses empty channel lists, channels of different lengths and non-finite samples.
 /// An existing file at `path` is replaced: guard stem files with [`ensure_output_dir`] first.
 pub fn write_wav(path: &Path, audio: &AudioBuffer, format: SampleFormat) -> Result<()> {
-    let shown = path.display();
-    let n_ch = audio.num_channels();
-    if n_ch == 0 || n_ch > u16::MAX as usize {
-        bail!("cannot write {shown}: {n_ch} channels (need 1 to 65535)");
-    }
-    if audio.rate == 0 {
-        bail!("cannot write {shown}: sample rate is 0");
-    }
     let frames = audio.frames();
     if audio.channels.iter().any(|c| c.len() != frames) {
-        bail!("cannot write {shown}: channels have different lengths");
+        bail!("cannot write {}: channels have different lengths", path.display());
     }
-    super::validate_samples(audio).with_context(|| format!("cannot write {shown}"))?;
-
-    let (bits, sample_format) = match format {
-        SampleFormat::F32 => (32, hound::SampleFormat::Float),
-        SampleFormat::I16 => (16, hound::SampleFormat::Int),
-        SampleFormat::I24 => (24, hound::SampleFormat::Int),
-    };
-    let spec = hound::WavSpec {
-        channels: n_ch as u16,
-        sample_rate: audio.rate,
-        bits_per_sample: bits,
-        sample_format,
-    };
-    let tmp = temp_path(path);
-    let result = write_samples(&tmp, spec, audio, format).and_then(|()| {
-        std::fs::rename(&tmp, path).context("cannot move the finished file in place")
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {shown}"))
+    let mut w = WavStreamWriter::create(path, audio.num_channels(), audio.rate, format)?;
+    w.write(&audio.channels)?;
+    w.finish()
 }
 
-fn write_samples(
-    tmp: &Path,
-    spec: hound::WavSpec,
-    audio: &AudioBuffer,
+/// A WAV file written piece by piece, atomically: samples go to a hidden temporary file in the
+/// destination directory, which [`finish`](Self::finish) renames into place. Dropped unfinished
+/// (an error, a cancel), it deletes the temporary file and leaves `path` untouched.
+pub struct WavStreamWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>>,
     format: SampleFormat,
-) -> Result<()> {
-    let mut writer = hound::WavWriter::create(tmp, spec)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    // Same scale as the decoder (full scale = 2^(bits-1)), so integer samples round-trip exactly.
-    let int = |x: f32, scale: f32| (x * scale).round().clamp(-scale, scale - 1.0) as i32;
-    for i in 0..audio.frames() {
-        for ch in &audio.channels {
-            let x = ch[i];
-            match format {
-                SampleFormat::F32 => writer.write_sample(x)?,
-                SampleFormat::I16 => writer.write_sample(int(x, 32768.0) as i16)?,
-                SampleFormat::I24 => writer.write_sample(int(x, 8_388_608.0))?,
+    channels: usize,
+    rate: u32,
+    frames: usize,
+}
+
+impl WavStreamWriter {
+    /// Starts `path` with `channels` channels at `rate` Hz.
+    pub fn create(path: &Path, channels: usize, rate: u32, format: SampleFormat) -> Result<Self> {
+        let shown = path.display();
+        if channels == 0 || channels > u16::MAX as usize {
+            bail!("cannot write {shown}: {channels} channels (need 1 to 65535)");
+        }
+        if rate == 0 {
+            bail!("cannot write {shown}: sample rate is 0");
+        }
+        let (bits, sample_format) = match format {
+            SampleFormat::F32 => (32, hound::SampleFormat::Float),
+            SampleFormat::I16 => (16, hound::SampleFormat::Int),
+            SampleFormat::I24 => (24, hound::SampleFormat::Int),
+        };
+        let spec = hound::WavSpec { channels: channels as u16, sample_rate: rate, bits_per_sample: bits, sample_format };
+        let tmp = temp_path(path);
+        let writer = hound::WavWriter::create(&tmp, spec)
+            .with_context(|| format!("cannot write {shown}: cannot create {}", tmp.display()))?;
+        Ok(Self { path: path.to_path_buf(), tmp, writer: Some(writer), format, channels, rate, frames: 0 })
+    }
+
+    /// Appends planar frames (one slice per channel, all the same length, finite).
+    pub fn write(&mut self, planar: &[Vec<f32>]) -> Result<()> {
+        let shown = self.path.display();
+        let n = planar.first().map_or(0, Vec::len);
+        if planar.len() != self.channels || planar.iter().any(|c| c.len() != n) {
+            bail!("cannot write {shown}: expected {} channels of equal length", self.channels);
+        }
+        super::validate_chunk(planar, self.frames, self.rate).with_context(|| format!("cannot write {shown}"))?;
+        let writer = self.writer.as_mut().context("writer already finished")?;
+        // Same scale as the decoder (full scale = 2^(bits-1)), so integer samples round-trip exactly.
+        let int = |x: f32, scale: f32| (x * scale).round().clamp(-scale, scale - 1.0) as i32;
+        let result: Result<(), hound::Error> = (|| {
+            for i in 0..n {
+                for ch in planar {
+                    let x = ch[i];
+                    match self.format {
+                        SampleFormat::F32 => writer.write_sample(x)?,
+                        SampleFormat::I16 => writer.write_sample(int(x, 32768.0) as i16)?,
+                        SampleFormat::I24 => writer.write_sample(int(x, 8_388_608.0))?,
+                    }
+                }
             }
+            Ok(())
+        })();
+        result.with_context(|| format!("cannot write {shown} (is the disk full?)"))?;
+        self.frames += n;
+        Ok(())
+    }
+
+    /// Completes the file and moves it to its final name.
+    pub fn finish(mut self) -> Result<()> {
+        let shown = self.path.display().to_string();
+        let writer = self.writer.take().context("writer already finished")?;
+        writer.finalize().with_context(|| format!("cannot write {shown} (is the disk full?)"))?;
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot write {shown}: cannot move the finished file in place"))
+    }
+}
+
+impl Drop for WavStreamWriter {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
-    writer.finalize()?;
-    Ok(())
 }
 
 /// `dir/.name.tmp-<pid>`: same directory (so rename is atomic), hidden, unique per process.

@@ -12,11 +12,11 @@ pub mod resample;
 pub mod residual;
 pub mod windows;
 
-pub use decode::{read_audio, read_audio_with, validate_samples, ReadOptions};
-pub use encode::{ensure_output_dir, write_wav, OutputPolicy, SampleFormat};
-pub use resample::resample;
-pub use residual::distribute_residual;
-pub use windows::{plan, WindowPlan};
+pub use decode::{read_audio, read_audio_with, validate_chunk, validate_samples, AudioReader, ReadOptions};
+pub use encode::{ensure_output_dir, write_wav, OutputPolicy, SampleFormat, WavStreamWriter};
+pub use resample::{resample, StreamResampler};
+pub use residual::{distribute_residual, ResidualStream};
+pub use windows::{plan, OverlapJoin, WindowPlan};
 
 /// Planar audio: `channels[c][i]` is sample `i` of channel `c`, all channels the same length.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -15,60 +15,146 @@ const CHUNK: usize = 2048;
 /// (the resampler's delay is removed; the signal is taken as zero before the start and after the
 /// end). Equal rates return a copy. All channels must have the same length.
 pub fn resample(channels: &[Vec<f32>], from: u32, to: u32) -> Result<Vec<Vec<f32>>> {
-    if from == 0 || to == 0 {
-        bail!("cannot resample from {from} Hz to {to} Hz: sample rates must be positive");
+    let mut stream = StreamResampler::new(from, to, channels.len())?;
+    let mut out = stream.push(channels)?;
+    for (o, rest) in out.iter_mut().zip(stream.finish()?) {
+        o.extend(rest);
     }
-    let n_in = channels.first().map_or(0, Vec::len);
-    if channels.iter().any(|c| c.len() != n_in) {
-        bail!("cannot resample: channels have different lengths");
-    }
-    if from == to {
-        return Ok(channels.to_vec());
-    }
-    let n_out = ((n_in as u128 * to as u128 + from as u128 / 2) / from as u128) as usize;
-    if n_in == 0 || channels.is_empty() {
-        return Ok(vec![Vec::new(); channels.len()]);
+    Ok(out)
+}
+
+/// [`resample`] for audio that arrives in pieces: [`push`](Self::push) each piece as it comes,
+/// then [`finish`](Self::finish). The concatenated output is bit-identical to [`resample`] of the
+/// concatenated input, whatever the pieces' lengths, and the resampler holds at most one filter
+/// chunk (about 2,048 frames) per channel.
+pub struct StreamResampler {
+    inner: Option<Fft>,
+    channels: usize,
+    from: u32,
+    to: u32,
+    /// Frames pushed so far.
+    n_in: usize,
+    /// Frames handed out so far.
+    n_out: usize,
+}
+
+struct Fft {
+    resampler: FftFixedInOut<f64>,
+    chunk_in: usize,
+    chunk_out: usize,
+    delay: usize,
+    /// Input not yet processed (less than one chunk), per channel.
+    pending: Vec<Vec<f64>>,
+    output: Vec<Vec<f64>>,
+    /// Output frames produced so far, delay included.
+    produced: usize,
+}
+
+impl StreamResampler {
+    pub fn new(from: u32, to: u32, channels: usize) -> Result<Self> {
+        if from == 0 || to == 0 {
+            bail!("cannot resample from {from} Hz to {to} Hz: sample rates must be positive");
+        }
+        let inner = if from == to || channels == 0 {
+            None
+        } else {
+            // Chunks of an even number of the smallest whole-ratio blocks, so both chunk lengths
+            // are even and the filter's centre (half a chunk) falls exactly on an output sample.
+            let g = gcd(from as usize, to as usize);
+            let (unit_in, unit_out) = (from as usize / g, to as usize / g);
+            let units = 2 * CHUNK.div_ceil(2 * unit_in);
+            let resampler = FftFixedInOut::<f64>::new(from as usize, to as usize, units * unit_in, channels)?;
+            let (chunk_in, chunk_out) = (resampler.input_frames_next(), resampler.output_frames_next());
+            debug_assert_eq!((chunk_in, chunk_out), (units * unit_in, units * unit_out));
+            let delay = resampler.output_delay();
+            debug_assert_eq!(delay * 2, chunk_out);
+            Some(Fft {
+                resampler,
+                chunk_in,
+                chunk_out,
+                delay,
+                pending: vec![Vec::with_capacity(chunk_in); channels],
+                output: vec![vec![0.0; chunk_out]; channels],
+                produced: 0,
+            })
+        };
+        Ok(Self { inner, channels, from, to, n_in: 0, n_out: 0 })
     }
 
-    // Chunks of an even number of the smallest whole-ratio blocks, so both chunk lengths are even
-    // and the filter's centre (half a chunk) falls exactly on an output sample.
-    let g = gcd(from as usize, to as usize);
-    let (unit_in, unit_out) = (from as usize / g, to as usize / g);
-    let units = 2 * CHUNK.div_ceil(2 * unit_in);
-    let mut resampler =
-        FftFixedInOut::<f64>::new(from as usize, to as usize, units * unit_in, channels.len())?;
-    let (chunk_in, chunk_out) = (
-        resampler.input_frames_next(),
-        resampler.output_frames_next(),
-    );
-    debug_assert_eq!((chunk_in, chunk_out), (units * unit_in, units * unit_out));
-    let delay = resampler.output_delay();
-    debug_assert_eq!(delay * 2, chunk_out);
+    /// The output length for `n_in` input frames: `round(n_in * to / from)`.
+    pub fn output_len(&self, n_in: usize) -> usize {
+        ((n_in as u128 * self.to as u128 + self.from as u128 / 2) / self.from as u128) as usize
+    }
 
-    let n_chunks = (delay + n_out).div_ceil(chunk_out);
-    let mut input = vec![vec![0.0f64; chunk_in]; channels.len()];
-    let mut output = vec![vec![0.0f64; chunk_out]; channels.len()];
-    let mut result = vec![Vec::with_capacity(n_out); channels.len()];
-    for k in 0..n_chunks {
-        let start = k * chunk_in;
-        for (buf, ch) in input.iter_mut().zip(channels) {
-            buf.fill(0.0);
-            if start < n_in {
-                let end = (start + chunk_in).min(n_in);
-                for (b, &x) in buf.iter_mut().zip(&ch[start..end]) {
-                    *b = x as f64;
-                }
+    /// Feeds the next frames (planar, every channel the same length) and returns the output
+    /// frames that are now final.
+    pub fn push(&mut self, input: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if input.len() != self.channels {
+            bail!("cannot resample: expected {} channels, got {}", self.channels, input.len());
+        }
+        let n = input.first().map_or(0, Vec::len);
+        if input.iter().any(|c| c.len() != n) {
+            bail!("cannot resample: channels have different lengths");
+        }
+        self.n_in += n;
+        let Some(fft) = &mut self.inner else {
+            self.n_out += n;
+            return Ok(input.to_vec());
+        };
+        // Output frames up to floor(n_in · to / from) never exceed the final length.
+        let cap = (self.n_in as u128 * self.to as u128 / self.from as u128) as usize;
+        let mut out = vec![Vec::new(); self.channels];
+        let mut offset = 0;
+        while offset < n {
+            let take = (fft.chunk_in - fft.pending[0].len()).min(n - offset);
+            for (p, ch) in fft.pending.iter_mut().zip(input) {
+                p.extend(ch[offset..offset + take].iter().map(|&x| x as f64));
+            }
+            offset += take;
+            if fft.pending[0].len() == fft.chunk_in {
+                fft.run_chunk(&mut out, &mut self.n_out, cap)?;
             }
         }
-        resampler.process_into_buffer(&input, &mut output, None)?;
-        // Output frame `k * chunk_out + i` is the signal at output time `k * chunk_out + i - delay`.
-        let skip = delay.saturating_sub(k * chunk_out).min(chunk_out);
-        for (res, out) in result.iter_mut().zip(&output) {
-            let take = (n_out - res.len()).min(chunk_out - skip);
-            res.extend(out[skip..skip + take].iter().map(|&y| y as f32));
-        }
+        Ok(out)
     }
-    Ok(result)
+
+    /// Ends the input: returns the remaining output frames, so the total is
+    /// `round(frames pushed * to / from)`.
+    pub fn finish(mut self) -> Result<Vec<Vec<f32>>> {
+        let total = self.output_len(self.n_in);
+        let mut out = vec![Vec::new(); self.channels];
+        if let Some(fft) = &mut self.inner {
+            // The signal is zero after the end: pad the last chunk and run zero chunks until the
+            // delayed output covers the whole length.
+            while self.n_out < total {
+                for p in &mut fft.pending {
+                    p.resize(fft.chunk_in, 0.0);
+                }
+                fft.run_chunk(&mut out, &mut self.n_out, total)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Fft {
+    /// Resamples the full pending chunk, appending output frames to `out` up to `cap` in all.
+    fn run_chunk(&mut self, out: &mut [Vec<f32>], n_out: &mut usize, cap: usize) -> Result<()> {
+        self.resampler.process_into_buffer(&self.pending, &mut self.output, None)?;
+        for p in &mut self.pending {
+            p.clear();
+        }
+        // Produced frame `k` is the signal at output time `k - delay`.
+        let skip = self.delay.saturating_sub(self.produced).min(self.chunk_out);
+        self.produced += self.chunk_out;
+        let available = self.produced.saturating_sub(self.delay);
+        let take = available.min(cap).saturating_sub(*n_out).min(self.chunk_out - skip);
+        for (o, y) in out.iter_mut().zip(&self.output) {
+            o.extend(y[skip..skip + take].iter().map(|&v| v as f32));
+        }
+        *n_out += take;
+        Ok(())
+    }
 }
 
 fn gcd(mut a: usize, mut b: usize) -> usize {
@@ -163,6 +249,32 @@ mod tests {
             .max_by(|&a, &b| y[a].abs().total_cmp(&y[b].abs()))
             .unwrap();
         assert_eq!(peak, 10000);
+    }
+
+    /// Pushing the input in uneven pieces gives exactly the whole-signal result.
+    #[test]
+    fn streaming_matches_whole_signal() {
+        for (n, from, to) in [(30_001, 44100, 22050), (9_000, 22050, 48000), (5, 48000, 22050), (4_000, 22050, 22050)] {
+            let x = vec![sine(440.0, from, n), sine(3000.0, from, n)];
+            let whole = resample(&x, from, to).unwrap();
+            for piece in [1usize, 777, 4096, n + 1] {
+                let mut s = StreamResampler::new(from, to, 2).unwrap();
+                let mut got = vec![Vec::new(); 2];
+                let mut i = 0;
+                while i < n {
+                    let j = (i + piece).min(n);
+                    let part: Vec<Vec<f32>> = x.iter().map(|c| c[i..j].to_vec()).collect();
+                    for (g, o) in got.iter_mut().zip(s.push(&part).unwrap()) {
+                        g.extend(o);
+                    }
+                    i = j;
+                }
+                for (g, o) in got.iter_mut().zip(s.finish().unwrap()) {
+                    g.extend(o);
+                }
+                assert_eq!(got, whole, "{n} frames {from}->{to} in pieces of {piece}");
+            }
+        }
     }
 
     /// Content above the new Nyquist frequency is removed, not aliased.

@@ -31,65 +31,162 @@ pub fn distribute_residual(stems: &mut [Vec<f32>], target: &[f32], frame: usize)
     if stems.is_empty() {
         return;
     }
-    let n = target.len();
     assert!(
-        stems.iter().all(|s| s.len() == n),
+        stems.iter().all(|s| s.len() == target.len()),
         "distribute_residual: stems and target must have the same length"
     );
-    let weights = weights(stems, frame);
-    let last = stems.len() - 1;
-    for i in 0..n {
-        let sum: f64 = stems.iter().map(|s| s[i] as f64).sum();
-        let residual = target[i] as f64 - sum;
-        let mut others = 0.0f64;
-        for (s, w) in stems[..last].iter_mut().zip(&weights) {
-            s[i] = (s[i] as f64 + w[i] as f64 * residual) as f32;
-            others += s[i] as f64;
-        }
-        // The last stem takes exactly what is left (its weight is 1 − Σ others ≥ 0), so the sum
-        // is exact up to one rounding.
-        stems[last][i] = (target[i] as f64 - others) as f32;
+    let mut stream = ResidualStream::new(stems.len(), frame);
+    let mut done = stream.push(stems, target);
+    for (d, rest) in done.iter_mut().zip(stream.finish()) {
+        d.extend(rest);
+    }
+    for (s, d) in stems.iter_mut().zip(done) {
+        *s = d;
     }
 }
 
-/// Per-sample weights `[stem][sample]` of the rule in [`distribute_residual`].
-fn weights(stems: &[Vec<f32>], frame: usize) -> Vec<Vec<f32>> {
-    let frame = frame.max(1);
-    let n = stems[0].len();
-    let n_frames = n.div_ceil(frame).max(1);
-    let energy: Vec<Vec<f64>> = stems
-        .iter()
-        .map(|s| frame_energy(s, frame, n_frames))
-        .collect();
-    let mut out = vec![vec![0.0f32; n]; stems.len()];
-    for i in 0..n {
-        // Position in frames, frame f's centre at f; clamp at the ends; interpolate linearly.
-        let pos = ((i as f64 + 0.5) / frame as f64 - 0.5).clamp(0.0, (n_frames - 1) as f64);
-        let (f0, frac) = (pos.floor() as usize, pos.fract());
-        let f1 = (f0 + 1).min(n_frames - 1);
-        let e = |s: usize| energy[s][f0] * (1.0 - frac) + energy[s][f1] * frac + SILENT_ENERGY;
-        let total: f64 = (0..stems.len()).map(e).sum();
-        for (s, w) in out.iter_mut().enumerate() {
-            w[i] = (e(s) / total) as f32;
-        }
-    }
-    out
+/// [`distribute_residual`] for audio that arrives in pieces: [`push`](Self::push) stems and
+/// target as they come and [`finish`](Self::finish) at the end. The concatenated output is
+/// bit-identical to [`distribute_residual`] on the whole signal; the stream holds about three
+/// frames of audio.
+pub struct ResidualStream {
+    frame: usize,
+    /// Buffered stems and target from absolute sample `base` on.
+    stems: Vec<Vec<f32>>,
+    target: Vec<f32>,
+    base: usize,
+    /// Per-stem energies of frames `energy_base..energy_base + energy[s].len()`.
+    energy: Vec<Vec<f64>>,
+    energy_base: usize,
+    /// Next sample to hand out.
+    out_pos: usize,
 }
 
-/// Mean square of the second-difference high-pass of `x` over each frame.
-fn frame_energy(x: &[f32], frame: usize, n_frames: usize) -> Vec<f64> {
-    let n = x.len();
-    let at = |i: isize| x[i.clamp(0, n as isize - 1) as usize] as f64;
-    let mut e = vec![0.0f64; n_frames];
-    for i in 0..n {
-        let h = at(i as isize) - 0.5 * (at(i as isize - 1) + at(i as isize + 1));
-        e[i / frame] += h * h;
+impl ResidualStream {
+    pub fn new(stems: usize, frame: usize) -> Self {
+        Self {
+            frame: frame.max(1),
+            stems: vec![Vec::new(); stems],
+            target: Vec::new(),
+            base: 0,
+            energy: vec![Vec::new(); stems],
+            energy_base: 0,
+            out_pos: 0,
+        }
     }
-    for (f, v) in e.iter_mut().enumerate() {
-        let len = (n.min((f + 1) * frame)).saturating_sub(f * frame).max(1);
-        *v /= len as f64;
+
+    /// Feeds the next samples of every stem and of the target (all the same length) and returns
+    /// the stems' samples that are now final, with the residual handed out.
+    ///
+    /// # Panics
+    /// If the lengths differ or the stem count is not the one given to [`new`](Self::new).
+    pub fn push(&mut self, stems: &[Vec<f32>], target: &[f32]) -> Vec<Vec<f32>> {
+        assert_eq!(stems.len(), self.stems.len(), "ResidualStream: wrong number of stems");
+        assert!(
+            stems.iter().all(|s| s.len() == target.len()),
+            "ResidualStream: stems and target must have the same length"
+        );
+        for (b, s) in self.stems.iter_mut().zip(stems) {
+            b.extend_from_slice(s);
+        }
+        self.target.extend_from_slice(target);
+        let end = self.base + self.target.len();
+        // A frame's energy is final once the sample after it has arrived.
+        while (self.next_frame() + 1) * self.frame < end {
+            self.add_frame_energy(None);
+        }
+        // Samples of frame f need the energies of frames f - 1 ..= f + 1.
+        let computed = self.next_frame();
+        let upto = computed.saturating_sub(1) * self.frame;
+        self.emit(upto, None)
     }
-    e
+
+    /// Ends the signal: returns the remaining samples.
+    pub fn finish(mut self) -> Vec<Vec<f32>> {
+        let n = self.base + self.target.len();
+        let n_frames = n.div_ceil(self.frame).max(1);
+        while self.next_frame() < n_frames {
+            self.add_frame_energy(Some(n));
+        }
+        self.emit(n, Some(n_frames))
+    }
+
+    fn next_frame(&self) -> usize {
+        self.energy_base + self.energy[0].len()
+    }
+
+    /// Mean square of the second-difference high-pass of each stem over the next frame; `end`
+    /// is the signal's length once known (samples clamp to it at the end).
+    fn add_frame_energy(&mut self, end: Option<usize>) {
+        let f = self.next_frame();
+        let n = end.unwrap_or(usize::MAX);
+        let last = (self.base + self.target.len()).max(1) - 1;
+        let (lo, hi) = (f * self.frame, ((f + 1) * self.frame).min(n));
+        for (s, e) in self.stems.iter().zip(&mut self.energy) {
+            let at = |i: isize| s[(i.clamp(0, last as isize) as usize) - self.base] as f64;
+            let mut sum = 0.0f64;
+            for i in lo..hi {
+                let i = i as isize;
+                let h = at(i) - 0.5 * (at(i - 1) + at(i + 1));
+                sum += h * h;
+            }
+            e.push(sum / hi.saturating_sub(lo).max(1) as f64);
+        }
+    }
+
+    /// Hands out samples `out_pos..upto`; `n_frames` is the frame count once the end is known.
+    fn emit(&mut self, upto: usize, n_frames: Option<usize>) -> Vec<Vec<f32>> {
+        let k = self.stems.len();
+        let count = upto.saturating_sub(self.out_pos);
+        let mut out = vec![Vec::with_capacity(count); k];
+        let last_frame = n_frames.map_or(f64::INFINITY, |n| (n - 1) as f64);
+        let mut e = vec![0.0f64; k];
+        for i in self.out_pos..upto {
+            // Position in frames, frame f's centre at f; clamp at the ends; interpolate linearly.
+            let pos = ((i as f64 + 0.5) / self.frame as f64 - 0.5).clamp(0.0, last_frame);
+            let (f0, frac) = (pos.floor() as usize, pos.fract());
+            let f1 = n_frames.map_or(f0 + 1, |n| (f0 + 1).min(n - 1));
+            for (s, es) in e.iter_mut().enumerate() {
+                let en = &self.energy[s];
+                *es = en[f0 - self.energy_base] * (1.0 - frac) + en[f1 - self.energy_base] * frac + SILENT_ENERGY;
+            }
+            let total: f64 = e.iter().sum();
+            let j = i - self.base;
+            let sum: f64 = self.stems.iter().map(|s| s[j] as f64).sum();
+            let residual = self.target[j] as f64 - sum;
+            let mut others = 0.0f64;
+            for (s, o) in out[..k - 1].iter_mut().enumerate() {
+                let w = (e[s] / total) as f32;
+                let v = (self.stems[s][j] as f64 + w as f64 * residual) as f32;
+                others += v as f64;
+                o.push(v);
+            }
+            // The last stem takes exactly what is left (its weight is 1 − Σ others ≥ 0), so the
+            // sum is exact up to one rounding.
+            out[k - 1].push((self.target[j] as f64 - others) as f32);
+        }
+        self.out_pos = self.out_pos.max(upto);
+        self.trim();
+        out
+    }
+
+    /// Drops buffered samples and energies no later step needs (one sample before the next
+    /// frame to measure, the frame before the next sample to hand out).
+    fn trim(&mut self) {
+        let keep_from = (self.next_frame() * self.frame).saturating_sub(1).min(self.out_pos);
+        if keep_from > self.base {
+            let d = keep_from - self.base;
+            self.stems.iter_mut().for_each(|s| drop(s.drain(..d)));
+            self.target.drain(..d);
+            self.base = keep_from;
+        }
+        let keep_frame = (self.out_pos / self.frame).saturating_sub(1).min(self.next_frame());
+        if keep_frame > self.energy_base {
+            let d = keep_frame - self.energy_base;
+            self.energy.iter_mut().for_each(|e| drop(e.drain(..d)));
+            self.energy_base = keep_frame;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +215,43 @@ mod tests {
                 ((state >> 40) as f64 / (1u64 << 23) as f64 - 1.0) as f32
             })
             .collect()
+    }
+
+    /// The weights of the rule: what each stem gets of a unit residual.
+    fn weights(stems: &[Vec<f32>], frame: usize) -> Vec<Vec<f32>> {
+        let n = stems[0].len();
+        let target: Vec<f32> = (0..n).map(|i| stems.iter().map(|s| s[i]).sum::<f32>() + 1.0).collect();
+        let mut out = stems.to_vec();
+        distribute_residual(&mut out, &target, frame);
+        out.iter().zip(stems).map(|(o, s)| o.iter().zip(s).map(|(a, b)| a - b).collect()).collect()
+    }
+
+    /// Pushing in uneven pieces gives exactly the whole-signal result.
+    #[test]
+    fn streaming_matches_whole_signal() {
+        for (n, frame) in [(10_000usize, 512usize), (5, 512), (4096, 1024), (1, 7), (3000, 1)] {
+            let target = noise(n, 3);
+            let stems: Vec<Vec<f32>> = (0..3).map(|s| noise(n, 20 + s).iter().map(|x| x * 0.3).collect()).collect();
+            let mut whole = stems.clone();
+            distribute_residual(&mut whole, &target, frame);
+            for piece in [1usize, 333, 512, 5000] {
+                let mut st = ResidualStream::new(3, frame);
+                let mut got = vec![Vec::new(); 3];
+                let mut i = 0;
+                while i < n {
+                    let j = (i + piece).min(n);
+                    let part: Vec<Vec<f32>> = stems.iter().map(|s| s[i..j].to_vec()).collect();
+                    for (g, o) in got.iter_mut().zip(st.push(&part, &target[i..j])) {
+                        g.extend(o);
+                    }
+                    i = j;
+                }
+                for (g, o) in got.iter_mut().zip(st.finish()) {
+                    g.extend(o);
+                }
+                assert_eq!(got, whole, "{n} samples, frame {frame}, pieces of {piece}");
+            }
+        }
     }
 
     fn max_sum_error(stems: &[Vec<f32>], target: &[f32]) -> f64 {

@@ -72,48 +72,97 @@ impl WindowPlan {
     ///
     /// # Panics
     /// If `outputs` does not hold one entry per window, or the windows disagree on the channel
-    /// count, or a channel is shorter than the part of its window that lies inside `total`.
+    /// count.
     pub fn overlap_add(&self, outputs: &[Vec<Vec<f32>>], total: usize) -> Vec<Vec<f32>> {
-        assert_eq!(
-            outputs.len(),
-            self.len(),
-            "overlap_add: need one output per window"
-        );
-        let n_ch = outputs[0].len();
-        assert!(
-            outputs.iter().all(|o| o.len() == n_ch),
-            "overlap_add: channel counts differ"
-        );
-        // Raised-cosine fade-in over the overlap; the fade-out is 1 − fade-in, so the two weights
-        // meeting at any sample sum to one (up to one f32 rounding).
-        let fade_in: Vec<f32> = (0..self.overlap)
-            .map(|k| (0.5 - 0.5 * (PI * (k as f64 + 0.5) / self.overlap as f64).cos()) as f32)
-            .collect();
-        let mut joined = vec![vec![0.0f32; total]; n_ch];
-        for (w, (&start, out)) in self.starts.iter().zip(outputs).enumerate() {
-            let mut weight = vec![1.0f32; self.window];
-            if w > 0 {
-                weight[..self.overlap].copy_from_slice(&fade_in);
-            }
-            if w + 1 < self.len() {
-                let tail = &mut weight[self.window - self.overlap..];
-                tail.iter_mut()
-                    .zip(&fade_in)
-                    .for_each(|(x, f)| *x = 1.0 - f);
-            }
-            let end = (start + self.window).min(total).max(start);
-            for (dst, src) in joined.iter_mut().zip(out) {
-                assert!(
-                    src.len() >= end - start.min(end),
-                    "overlap_add: window output too short"
-                );
-                let dst = &mut dst[start.min(end)..end];
-                for ((d, &x), &g) in dst.iter_mut().zip(src).zip(&weight) {
-                    *d += g * x;
-                }
+        assert_eq!(outputs.len(), self.len(), "overlap_add: need one output per window");
+        let mut join = OverlapJoin::new(self.window, self.overlap, outputs[0].len());
+        let mut joined = vec![Vec::with_capacity(total); outputs[0].len()];
+        for (w, out) in outputs.iter().enumerate() {
+            let last = w + 1 == self.len();
+            for (j, part) in joined.iter_mut().zip(join.add(out, last)) {
+                j.extend(part);
             }
         }
+        for (j, part) in joined.iter_mut().zip(join.finish(total)) {
+            j.extend(part);
+        }
         joined
+    }
+}
+
+/// [`WindowPlan::overlap_add`] for window outputs that arrive one at a time, in order: each
+/// sample is handed out as soon as no later window touches it, so only one window is held.
+/// The concatenated output is bit-identical to [`WindowPlan::overlap_add`].
+pub struct OverlapJoin {
+    window: usize,
+    overlap: usize,
+    fade_in: Vec<f32>,
+    /// Running sums from absolute sample `base` on, per channel.
+    acc: Vec<Vec<f32>>,
+    base: usize,
+    /// Index of the next window.
+    next: usize,
+}
+
+impl OverlapJoin {
+    /// A join of `channels` channels for windows of `window` samples sharing `overlap` samples
+    /// (limited to `window / 2`, as in [`plan`]).
+    pub fn new(window: usize, overlap: usize, channels: usize) -> Self {
+        let window = window.max(1);
+        let overlap = overlap.min(window / 2);
+        // Raised-cosine fade-in over the overlap; the fade-out is 1 − fade-in, so the two weights
+        // meeting at any sample sum to one (up to one f32 rounding).
+        let fade_in = (0..overlap)
+            .map(|k| (0.5 - 0.5 * (PI * (k as f64 + 0.5) / overlap as f64).cos()) as f32)
+            .collect();
+        Self { window, overlap, fade_in, acc: vec![Vec::new(); channels], base: 0, next: 0 }
+    }
+
+    /// Adds the next window's output (`[channel][sample]`, at most a window long); `last` says
+    /// no window follows it. Returns the samples that are now final (those before the next
+    /// window's start).
+    ///
+    /// # Panics
+    /// If the channel count differs from the one given to [`new`](Self::new).
+    pub fn add(&mut self, out: &[Vec<f32>], last: bool) -> Vec<Vec<f32>> {
+        assert_eq!(out.len(), self.acc.len(), "OverlapJoin: channel counts differ");
+        let hop = self.window - self.overlap;
+        let start = self.next * hop;
+        let mut weight = vec![1.0f32; self.window];
+        if self.next > 0 {
+            weight[..self.overlap].copy_from_slice(&self.fade_in);
+        }
+        if !last {
+            let tail = &mut weight[self.window - self.overlap..];
+            tail.iter_mut().zip(&self.fade_in).for_each(|(x, f)| *x = 1.0 - f);
+        }
+        for (acc, src) in self.acc.iter_mut().zip(out) {
+            acc.resize(start + self.window - self.base, 0.0);
+            let dst = &mut acc[start - self.base..];
+            for ((d, &x), &g) in dst.iter_mut().zip(src).zip(&weight) {
+                *d += g * x;
+            }
+        }
+        self.next += 1;
+        if last {
+            return vec![Vec::new(); self.acc.len()];
+        }
+        self.take_until(start + hop)
+    }
+
+    /// Ends the join: returns the remaining samples up to `total` (zeros where no window
+    /// reached).
+    pub fn finish(mut self, total: usize) -> Vec<Vec<f32>> {
+        for acc in &mut self.acc {
+            acc.resize(total.saturating_sub(self.base), 0.0);
+        }
+        self.take_until(total)
+    }
+
+    fn take_until(&mut self, end: usize) -> Vec<Vec<f32>> {
+        let n = end.saturating_sub(self.base);
+        self.base += n;
+        self.acc.iter_mut().map(|a| a.drain(..n.min(a.len())).collect()).collect()
     }
 }
 
