@@ -187,7 +187,25 @@ pub enum FormatArg {
     I24,
 }
 
+/// Keeps freed tensor memory in the process instead of handing it back to the kernel. glibc
+/// serves blocks above 128 KiB–32 MiB with fresh `mmap`s, and every diffusion step frees and
+/// reallocates the same activations, so without this each step page-faults its working set in
+/// again (10–20% of a training step's time in the kernel's page-fault path). Measured on the
+/// 2-core machine, 24 training steps of the bundled config: 28.5 s before, 22.3 s after.
+/// Only the CLI does this: the plugin lives in the host's process and leaves its allocator alone.
+fn configure_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation thresholds; called first thing in main,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    configure_allocator();
     // candle's element-wise ops otherwise run on their own spin-waiting pool beside rayon's.
     msdm::ops::configure_cpu_threads();
     let cli = Cli::parse();
