@@ -28,6 +28,12 @@ pub struct BenchArgs {
     /// Also time a full separation of 12 s of audio at the model's default settings
     #[arg(long)]
     separation: bool,
+    /// Channels of the 12 s separation's input (2: a stereo clip)
+    #[arg(long, default_value_t = 1)]
+    separation_channels: usize,
+    /// Sample rate of the 12 s separation's input
+    #[arg(long, default_value_t = 22_050)]
+    separation_rate: u32,
     /// Compute device
     #[arg(long, default_value = "auto")]
     device: String,
@@ -159,22 +165,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     println!("denoiser call: mean {mean:.1} ms, std {std:.1} ms, min {min:.1} ms over {} calls", times.len());
-    let mut sep_s = None;
+    let (mut sep_s, mut sep_predicted) = (None, None);
     if args.separation {
-        let frames = 12 * msdm::MODEL_RATE as usize;
-        let mix: Vec<f32> = (0..frames).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
-        let job = Job::Separate { mix: msdm::audio::AudioBuffer::new(msdm::MODEL_RATE, vec![mix]) };
+        let rate = args.separation_rate;
+        let frames = 12 * rate as usize;
+        let mix: Vec<f32> = (0..frames).map(|i| 0.3 * (i as f32 * 0.05 * 22_050.0 / rate as f32).sin()).collect();
+        let mix = msdm::audio::AudioBuffer::new(rate, vec![mix; args.separation_channels.max(1)]);
+        let job = Job::Separate { mix };
         let settings = Settings::for_job(&job, &model);
+        let predicted = tasks::predicted_seconds(&model, &job, &settings);
         let t = Instant::now();
         tasks::run(&model, &job, &settings, &mut |_| true)?;
         let s = t.elapsed().as_secs_f64();
         println!(
-            "separation of 12 s: {s:.2} s ({} steps x {} resamples, real-time factor {:.2})",
+            "separation of 12 s ({} channel(s) at {rate} Hz): {s:.2} s ({} steps x {} resamples, real-time factor {:.2}; predicted {predicted:.2} s)",
+            args.separation_channels.max(1),
             settings.steps,
             settings.resamples,
             s / 12.0
         );
         sep_s = Some(s);
+        sep_predicted = Some(predicted);
     }
     let mut window_sep = None;
     if args.window_separation {
@@ -190,7 +201,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "config": args.config, "parameters": model.parameter_count(), "length": length, "batch": args.batch,
         "threads": threads, "sigma": args.sigma, "device": msdm::device::describe(&device),
         "denoise_ms_mean": mean, "denoise_ms_std": std, "denoise_ms_min": min, "calls": times.len(),
-        "separation_12s_seconds": sep_s, "peak_rss_mb": peak,
+        "separation_12s_seconds": sep_s, "separation_12s_predicted_seconds": sep_predicted,
+        "separation_channels": args.separation_channels, "separation_rate": args.separation_rate, "peak_rss_mb": peak,
         "dtype": args.dtype, "window_separation": window_sep,
     });
     if args.json {

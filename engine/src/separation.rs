@@ -23,6 +23,11 @@ use crate::separator::{self, Likelihood};
 use crate::tasks::{Progress, Settings};
 use crate::MODEL_RATE;
 
+/// Cross-fade length between separation windows: 1/8 of a window.
+pub fn overlap(window: usize) -> usize {
+    window / 8
+}
+
 /// Frames of the residual rule's energy frames (at the input rate).
 const RESIDUAL_FRAME: usize = 2048;
 
@@ -215,7 +220,7 @@ impl<'m> Pipeline<'m> {
         let channels = if mono { 1 } else { in_ch };
         let n_stems = model.num_stems();
         let window = model.window();
-        let overlap = window / 8;
+        let overlap = overlap(window);
         let calls = settings.sampler_config().calls();
         // Near-equal batches from the expected length: 5 windows with batch 4 run as 3 + 2.
         let expected22 = source.frames_hint().map(|n| resampled_len(n, rate, MODEL_RATE));

@@ -24,7 +24,7 @@ use crate::noise::{window_seed, ItemNoise};
 use crate::sampler::{self, Posterior, SamplerConfig};
 use crate::schedule::karras;
 use crate::separation;
-use crate::separator::Likelihood;
+use crate::separator::{self, Likelihood};
 use crate::MODEL_RATE;
 
 /// What to do.
@@ -190,56 +190,70 @@ pub fn run(model: &Model, job: &Job, settings: &Settings, progress: &mut dyn FnM
 
 /// Total denoiser calls a job will make (for progress and time estimates).
 pub fn planned_calls(model: &Model, job: &Job, settings: &Settings) -> usize {
+    plan_calls(model, job, settings).0
+}
+
+/// The job's denoiser calls and the batch items in each: separation runs windows × channels in
+/// near-equal batches; generation and imputation run one window at a time with every channel in
+/// the batch.
+fn plan_calls(model: &Model, job: &Job, settings: &Settings) -> (usize, usize) {
     let frames22 = |frames: usize, rate: u32| ((frames as f64) * MODEL_RATE as f64 / rate.max(1) as f64).round() as usize;
     let per_window = settings.steps * settings.resamples;
     let window = model.window();
     match job {
         Job::Separate { mix } => {
             let ch = if settings.mono { 1 } else { mix.num_channels().max(1) };
-            let windows = audio::plan(frames22(mix.frames(), mix.rate), window, overlap(window)).len();
-            (windows * ch).div_ceil(settings.batch.max(1)) * per_window
+            let items = audio::plan(frames22(mix.frames(), mix.rate), window, separation::overlap(window)).len() * ch;
+            let batches = items.div_ceil(settings.batch.max(1));
+            (batches * per_window, items.div_ceil(batches.max(1)))
         }
         Job::Impute { given } => {
             let first = given.iter().flatten().next();
             let (frames, rate, ch) = first.map_or((0, MODEL_RATE, 1), |g| (g.frames(), g.rate, g.num_channels()));
-            let ch = if settings.mono { 1 } else { ch };
-            audio::plan(frames22(frames, rate), window, overlap(window)).len() * per_window * usize::from(ch > 0)
+            let ch = if settings.mono { ch.min(1) } else { ch };
+            (audio::plan(frames22(frames, rate), window, sequential_overlap(window)).len() * per_window * usize::from(ch > 0), ch.max(1))
         }
-        Job::Generate { seconds, .. } => {
+        Job::Generate { seconds, channels, .. } => {
             let frames = (seconds * MODEL_RATE as f64).round() as usize;
-            audio::plan(frames, window, overlap(window)).len() * per_window
+            let ch = if settings.mono { 1 } else { (*channels).max(1) };
+            (audio::plan(frames, window, sequential_overlap(window)).len() * per_window, ch)
         }
     }
 }
 
-/// A rough render-time estimate in seconds: planned calls × one timed call (measured once per
-/// model and batch size, then cached).
+/// A render-time estimate in seconds: planned calls × the measured time of one sampler step at
+/// the job's batch size (network call, noise and update; measured once per model, batch size
+/// and likelihood, then cached).
 pub fn predicted_seconds(model: &Model, job: &Job, settings: &Settings) -> f64 {
-    planned_calls(model, job, settings) as f64 * seconds_per_call(model).unwrap_or(f64::NAN)
+    let (calls, items) = plan_calls(model, job, settings);
+    calls as f64 * seconds_per_call(model, items, settings).unwrap_or(f64::NAN)
 }
 
-fn seconds_per_call(model: &Model) -> Result<f64> {
+fn seconds_per_call(model: &Model, items: usize, settings: &Settings) -> Result<f64> {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<String, f64>>> = Mutex::new(None);
-    let id = model.id();
-    if let Some(s) = CACHE.lock().ok().and_then(|c| c.as_ref().and_then(|m| m.get(&id).copied())) {
+    static CACHE: Mutex<Option<HashMap<(String, usize, bool), f64>>> = Mutex::new(None);
+    let key = (model.id(), items, settings.churn > 0.0);
+    if let Some(s) = CACHE.lock().ok().and_then(|c| c.as_ref().and_then(|m| m.get(&key).copied())) {
         return Ok(s);
     }
-    let x = Tensor::zeros((1, model.num_stems(), model.window()), candle_core::DType::F32, model.device())?;
-    model.stems_denoiser().denoise(&x, 0.5)?; // warm-up
+    let y = Tensor::zeros((items, 1, model.window()), candle_core::DType::F32, model.device())?;
+    let steps = |n: usize| Settings { steps: n, resamples: 1, ..settings.clone() }.sampler_config();
+    let mut noise = crate::noise::SeededNoise::new(0);
+    let mut run = |n: usize| separator::separate(model.stems_denoiser(), &y, settings.likelihood, &steps(n), &mut noise, &mut |_, _| true);
+    run(1)?; // warm-up
     let t = Instant::now();
-    model.stems_denoiser().denoise(&x, 0.5)?;
-    let s = t.elapsed().as_secs_f64();
+    run(3)?;
+    let s = t.elapsed().as_secs_f64() / 3.0;
     if let Ok(mut c) = CACHE.lock() {
-        c.get_or_insert_with(HashMap::new).insert(id, s);
+        c.get_or_insert_with(HashMap::new).insert(key, s);
     }
     Ok(s)
 }
 
-/// Cross-fade length between separation windows: 1/8 of a window.
-fn overlap(window: usize) -> usize {
-    window / 8
+/// Samples each generation/imputation window takes from the previous one: 1/4 of a window.
+fn sequential_overlap(window: usize) -> usize {
+    window / 4
 }
 
 fn check_audio(what: &str, a: &AudioBuffer) -> Result<()> {
@@ -361,7 +375,7 @@ fn run_sequential(
         .collect::<Result<_>>()?;
     let len22 = ((shape.frames() as f64) * MODEL_RATE as f64 / rate as f64).round() as usize;
     let window = model.window();
-    let ov = window / 4;
+    let ov = sequential_overlap(window);
     let plan = audio::plan(len22.max(1), window, ov);
     let config = settings.sampler_config();
     let total = plan.len() * config.calls();
