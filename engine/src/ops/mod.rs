@@ -17,6 +17,7 @@
 //! Tensors are `[batch, channels, time]` unless stated otherwise.
 
 mod channel;
+mod columns;
 mod cpu;
 mod simd;
 
@@ -157,12 +158,20 @@ pub fn linear_composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Te
     }
 }
 
+/// CPU f32: the columns come from one op with a direct backward ([`columns`]).
+fn cpu_f32(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
 /// Columns for a stride-1 convolution with kernel `k` and symmetric padding `pad`:
 /// `[B, C, L]` → `[B, C·k, L_out]`, row `c·k + j` holding `x_pad[c, j + t]`.
 fn im2col(x: &Tensor, k: usize, pad: usize) -> Result<Tensor> {
     let (b, c, l) = x.dims3()?;
     if k == 1 && pad == 0 {
         return Ok(x.clone());
+    }
+    if cpu_f32(x) {
+        return columns::im2col(x, k, 1, pad);
     }
     let xp = if pad > 0 { x.pad_with_zeros(2, pad, pad)? } else { x.clone() };
     let l_out = l + 2 * pad + 1 - k;
@@ -177,6 +186,9 @@ fn im2col_strided(x: &Tensor, k: usize, s: usize, pad: usize) -> Result<Tensor> 
     let lp = l + 2 * pad;
     if lp % s != 0 || lp < k {
         candle_core::bail!("strided conv: padded length {lp} is not a multiple of the stride {s}");
+    }
+    if cpu_f32(x) {
+        return columns::im2col(x, k, s, pad);
     }
     let l_out = (lp - k) / s + 1;
     // x_pad[o·s + j] = xr[o + j / s, j % s]
@@ -546,6 +558,33 @@ mod tests {
                 let reference = full.narrow(2, p, 16 * f).unwrap().broadcast_add(&b.reshape((5, 1)).unwrap()).unwrap();
                 assert!(max_diff(&ours.narrow(0, i, 1).unwrap(), &reference) < 1e-4, "f={f} item {i}");
             }
+        }
+    }
+
+    /// The one-op columns (CPU f32) equal the stacked narrow views, values and input gradients,
+    /// for stride 1 and strided convolutions.
+    #[test]
+    fn columns_match_stacked_views_with_gradients() {
+        for (k, s, pad, l) in [(3, 1, 1, 9), (5, 1, 2, 4), (9, 4, 4, 16), (5, 2, 2, 10), (1, 1, 0, 5), (3, 1, 0, 6)] {
+            let x = candle_core::Var::from_tensor(&rand(&[2, 3, l], 5)).unwrap();
+            let ours = columns::im2col(&x, k, s, pad).unwrap();
+            // the composite: every tap a narrowed view of the padded input, stacked
+            let xp = x.pad_with_zeros(2, pad, pad).unwrap();
+            let l_out = (l + 2 * pad - k) / s + 1;
+            let taps: Vec<Tensor> = (0..k)
+                .map(|j| {
+                    let idx: Vec<u32> = (0..l_out).map(|o| (o * s + j) as u32).collect();
+                    xp.index_select(&Tensor::new(idx, &Device::Cpu).unwrap(), 2).unwrap()
+                })
+                .collect();
+            let plain = Tensor::stack(&taps, 2).unwrap().reshape((2, 3 * k, l_out)).unwrap();
+            assert_eq!(ours.dims(), plain.dims());
+            assert!(max_diff(&ours, &plain) == 0.0, "k {k} s {s}");
+            let probe = rand(plain.dims(), 6);
+            let ga = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (&plain * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+            assert!(max_diff(ga, gb) < 1e-5, "k {k} s {s}: gradient differs by {}", max_diff(ga, gb));
         }
     }
 
