@@ -19,6 +19,7 @@
 mod channel;
 mod columns;
 mod cpu;
+mod group_norm;
 mod simd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -405,6 +406,10 @@ fn group_norm_dispatch(
         })?;
         return Tensor::from_vec(y, (b, c, l), &Device::Cpu);
     }
+    // Training on the CPU: one op with a hand-written backward.
+    if let Some(y) = group_norm::group_norm_silu(x, groups, weight, bias, scale_shift)? {
+        return Ok(y);
+    }
     group_norm_scale_shift_silu_composite(x, groups, weight, bias, scale_shift)
 }
 
@@ -557,6 +562,30 @@ mod tests {
                 let full = xi.conv_transpose1d(&w, 0, 0, f, 1, 1).unwrap();
                 let reference = full.narrow(2, p, 16 * f).unwrap().broadcast_add(&b.reshape((5, 1)).unwrap()).unwrap();
                 assert!(max_diff(&ours.narrow(0, i, 1).unwrap(), &reference) < 1e-4, "f={f} item {i}");
+            }
+        }
+    }
+
+    /// The trainable fused GroupNorm + scale/shift + SiLU equals the composite, values and every
+    /// gradient (x, weight, bias, scale, shift).
+    #[test]
+    fn trainable_group_norm_matches_composite_with_gradients() {
+        for with_ss in [true, false] {
+            let v = |shape: &[usize], seed| candle_core::Var::from_tensor(&rand(shape, seed)).unwrap();
+            let (x, w, b) = (v(&[2, 6, 5], 11), v(&[6], 12), v(&[6], 13));
+            let (sc, sh) = (v(&[2, 6, 1], 14), v(&[2, 6, 1], 15));
+            let ss = with_ss.then_some((sc.as_tensor(), sh.as_tensor()));
+            let ours = group_norm::group_norm_silu(&x, 3, &w, &b, ss).unwrap().unwrap();
+            let plain = group_norm_scale_shift_silu_composite(&x, 3, &w, &b, ss).unwrap();
+            assert!(max_diff(&ours, &plain) < 1e-5, "values differ by {}", max_diff(&ours, &plain));
+            let probe = rand(&[2, 6, 5], 16);
+            let ga = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (&plain * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let vars: Vec<&candle_core::Var> = if with_ss { vec![&x, &w, &b, &sc, &sh] } else { vec![&x, &w, &b] };
+            for (i, var) in vars.into_iter().enumerate() {
+                let (a, e) = (ga.get(var).unwrap(), gb.get(var).unwrap());
+                assert_eq!(a.dims(), e.dims());
+                assert!(max_diff(a, e) < 1e-4, "gradient {i} differs by {}", max_diff(a, e));
             }
         }
     }
@@ -723,8 +752,9 @@ mod tests {
 
     #[test]
     fn variables_keep_exact_gradients() {
-        // With Var parameters every op takes the composite path: gradients reach every parameter
-        // and equal those of the composite functions called directly.
+        // With Var parameters no op takes the inference kernels: gradients reach every parameter
+        // and equal those of the composite functions called directly (up to float rounding: on
+        // the CPU the group norm is one op with a hand-written backward).
         let x = rand(&[2, 8, 20], 70);
         let gw = candle_core::Var::from_tensor(&rand(&[8], 71).affine(0.1, 1.0).unwrap()).unwrap();
         let gb = candle_core::Var::from_tensor(&rand(&[8], 72)).unwrap();
@@ -739,7 +769,8 @@ mod tests {
         let (g1, g2) = (through_dispatch.backward().unwrap(), direct.backward().unwrap());
         for v in [&gw, &gb, &cw] {
             let (a, b) = (g1.get(v).expect("gradient reaches the var"), g2.get(v).unwrap());
-            assert!(max_diff(a, b) == 0.0);
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_diff(a, b) <= 1e-4 * scale.max(1.0), "{} vs scale {scale}", max_diff(a, b));
         }
     }
 
