@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 use msdm::data::{synthesize, ChunkedTracks, SynthOptions};
 use msdm::noise::SeededNoise;
 use msdm::separator::{separate, Likelihood};
-use msdm::tasks::{Job, Settings};
 
 use crate::LikelihoodArg;
 
@@ -92,6 +91,10 @@ pub struct EvalArgs {
     limit: Option<usize>,
     #[arg(long, value_enum, default_value_t = LikelihoodArg::Dirac)]
     likelihood: LikelihoodArg,
+    /// Dirac: the stem computed as mix minus the others (index or name; default: the model's,
+    /// else bass)
+    #[arg(long)]
+    constrained_source: Option<String>,
     #[command(flatten)]
     sampling: crate::SamplingArgs,
     /// Write the summary and per-track scores as JSON here
@@ -104,11 +107,7 @@ pub struct EvalArgs {
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let model = crate::jobs::load_model(args.model.as_deref(), &args.device)?;
     let tracks = ChunkedTracks::open(&args.data, &args.split, model.window())?;
-    let probe = Job::Separate { mix: msdm::audio::AudioBuffer::new(msdm::MODEL_RATE, vec![vec![0.0; 1]]) };
-    let mut base = Settings::for_job(&probe, &model);
-    if args.likelihood == LikelihoodArg::Gaussian {
-        base = base.with_gaussian(0.75);
-    }
+    let base = crate::jobs::separation_settings(&model, args.likelihood, args.constrained_source.as_deref(), 0.75)?;
     let settings = crate::jobs::settings(base, &args.sampling, false);
     let config = settings.sampler_config();
     let likelihood: Likelihood = settings.likelihood;

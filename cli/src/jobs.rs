@@ -161,32 +161,47 @@ fn separate_takes(model: &Model, input: &Path, settings: &Settings, out: &Output
     Ok(())
 }
 
+/// Separation settings: the model's defaults with the likelihood asked for; Dirac keeps the
+/// model's constrained source unless `constrained` (an index or a stem name) is given.
+pub fn separation_settings(model: &Model, likelihood: LikelihoodArg, constrained: Option<&str>, gamma_coeff: f32) -> Result<Settings> {
+    let base = Settings::for_separation(model);
+    Ok(match likelihood {
+        LikelihoodArg::Dirac => {
+            let default = match base.likelihood {
+                Likelihood::Dirac { constrained } => constrained,
+                Likelihood::Gaussian { .. } => 0,
+            };
+            let c = match constrained {
+                Some(name) => constrained_index(model, name)?,
+                None => default,
+            };
+            Settings { likelihood: Likelihood::Dirac { constrained: c }, ..base }
+        }
+        LikelihoodArg::Gaussian => base.with_gaussian(gamma_coeff),
+    })
+}
+
+fn constrained_index(model: &Model, name: &str) -> Result<usize> {
+    let stems = &model.meta.stems;
+    match name.parse::<usize>() {
+        Ok(i) if i < stems.len() => Ok(i),
+        Ok(i) => bail!("--constrained-source {i}: the model has stems 0..{}", stems.len() - 1),
+        Err(_) => stems.iter().position(|s| s == name).with_context(|| {
+            format!("--constrained-source '{name}' is not one of the model's stems ({})", stems.join(", "))
+        }),
+    }
+}
+
 pub fn separate(
     input: &Path,
     out: &OutputArgs,
     sampling: &SamplingArgs,
     likelihood: LikelihoodArg,
-    constrained: &str,
+    constrained: Option<&str>,
     gamma_coeff: f32,
 ) -> Result<()> {
     let model = job_model(out)?;
-    let stems = &model.meta.stems;
-    let c = match constrained.parse::<usize>() {
-        Ok(i) if i < stems.len() => i,
-        Ok(i) => bail!("--constrained-source {i}: the model has stems 0..{}", stems.len() - 1),
-        Err(_) => stems.iter().position(|s| s == constrained).with_context(|| {
-            format!("--constrained-source '{constrained}' is not one of the model's stems ({})", stems.join(", "))
-        })?,
-    };
-    let base = match likelihood {
-        LikelihoodArg::Dirac => {
-            let b = Settings::for_separation(&model);
-            Settings { likelihood: Likelihood::Dirac { constrained: c }, ..b }
-        }
-        LikelihoodArg::Gaussian => {
-            Settings::for_separation(&model).with_gaussian(gamma_coeff)
-        }
-    };
+    let base = separation_settings(&model, likelihood, constrained, gamma_coeff)?;
     separate_takes(&model, input, &settings(base, sampling, out.mono), out)
 }
 

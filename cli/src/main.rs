@@ -33,9 +33,10 @@ enum Command {
         /// Likelihood linking stems and mix: dirac (stems sum to the mix) or gaussian
         #[arg(long, value_enum, default_value_t = LikelihoodArg::Dirac)]
         likelihood: LikelihoodArg,
-        /// Dirac: the stem computed as mix minus the others (index or name)
-        #[arg(long, default_value = "bass")]
-        constrained_source: String,
+        /// Dirac: the stem computed as mix minus the others (index or name; default: the model's,
+        /// else bass)
+        #[arg(long)]
+        constrained_source: Option<String>,
         /// Gaussian: γ = COEFF·σ
         #[arg(long, default_value_t = 0.75)]
         gamma_coeff: f32,
@@ -211,7 +212,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Separate { input, out, sampling, likelihood, constrained_source, gamma_coeff } => {
-            jobs::separate(&input, &out, &sampling, likelihood, &constrained_source, gamma_coeff)
+            jobs::separate(&input, &out, &sampling, likelihood, constrained_source.as_deref(), gamma_coeff)
         }
         Command::Generate { out, sampling, seconds, rate, channels } => jobs::generate(&out, &sampling, seconds, rate, channels),
         Command::Impute { given, out, sampling } => jobs::impute(&given, &out, &sampling),
