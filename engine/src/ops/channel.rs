@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::storage_f32;
+
 fn custom(x: &Tensor, params: &[&Tensor]) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && params.iter().all(|p| p.dtype() == DType::F32)
 }
@@ -36,14 +38,6 @@ fn channel_sum(g: &Tensor) -> Result<Tensor> {
     g.contiguous()?.sum_keepdim(2)?.sum(0)?.reshape(c)
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
-
 /// `y[row, t] = x[row, t] · w[c] + s[c]` for rows `(b, c)`.
 fn apply(x: &[f32], shape: &Shape, w: Option<&[f32]>, s: &[f32]) -> Result<(CpuStorage, Shape)> {
     let (_, c, l) = shape.dims3()?;
@@ -67,7 +61,7 @@ impl CustomOp2 for AddChannel {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        apply(slice(s1, l1, "add-channel")?, l1.shape(), None, slice(s2, l2, "add-channel")?)
+        apply(storage_f32(s1, l1, "add-channel")?, l1.shape(), None, storage_f32(s2, l2, "add-channel")?)
     }
 
     fn bwd(&self, _x: &Tensor, _s: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -91,8 +85,8 @@ impl CustomOp3 for AffineChannel {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let w = slice(s2, l2, "affine-channel")?;
-        apply(slice(s1, l1, "affine-channel")?, l1.shape(), Some(w), slice(s3, l3, "affine-channel")?)
+        let w = storage_f32(s2, l2, "affine-channel")?;
+        apply(storage_f32(s1, l1, "affine-channel")?, l1.shape(), Some(w), storage_f32(s3, l3, "affine-channel")?)
     }
 
     fn bwd(

@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::storage_f32;
+
 /// `[B, C, L]` → `[B, C·k, L_out]` with `cols[b, c·k + j, o] = x_pad[b, c, o·stride + j]`,
 /// `x_pad` being `x` with `pad` zeros on both sides and `L_out = (L + 2·pad − k) / stride + 1`.
 /// `x` must be a CPU f32 tensor.
@@ -39,21 +41,13 @@ impl Columns {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("im2col: input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for Columns {
     fn name(&self) -> &'static str {
         "im2col"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l)?;
+        let x = storage_f32(s, l, self.name())?;
         let (b, c, len) = l.shape().dims3()?;
         let l_out = self.out_len(len)?;
         let mut cols = vec![0f32; b * c * self.k * l_out];
@@ -88,7 +82,7 @@ impl CustomOp1 for ColumnsBack {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = contiguous(s, l)?;
+        let g = storage_f32(s, l, self.name())?;
         let (b, ck, l_out) = l.shape().dims3()?;
         let k = self.cols.k;
         if ck % k != 0 || self.cols.out_len(self.len)? != l_out {

@@ -47,6 +47,15 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R>
     f(d.slice())
 }
 
+/// The f32 data of a custom op's contiguous CPU input (`op` names the op in the error).
+pub fn storage_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout, op: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: inputs must be contiguous"),
+    }
+}
+
 /// A raw pointer that may cross into rayon tasks; every task writes a disjoint part.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);

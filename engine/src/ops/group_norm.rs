@@ -12,7 +12,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu, NORM_EPS};
+use super::cpu::{self, storage_f32};
+use super::NORM_EPS;
 
 /// The op on `x` `[B, C, L]`, `weight`/`bias` `[C]`, `scale`/`shift` `[B, C, 1]`; `None` where it
 /// does not apply (not CPU f32, other shapes), so the caller takes the composite path.
@@ -49,14 +50,6 @@ pub fn group_norm_silu(
 #[derive(Clone, Copy)]
 struct GroupNormSilu {
     groups: usize,
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("group-norm: inputs must be contiguous"),
-    }
 }
 
 impl GroupNormSilu {
@@ -222,7 +215,7 @@ impl CustomOp2 for GroupNormSilu {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.forward(contiguous(s1, l1)?, l1.shape(), contiguous(s2, l2)?, None)
+        self.forward(storage_f32(s1, l1, "group-norm")?, l1.shape(), storage_f32(s2, l2, "group-norm")?, None)
     }
 
     fn bwd(&self, x: &Tensor, params: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -245,7 +238,7 @@ impl CustomOp3 for GroupNormSilu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.forward(contiguous(s1, l1)?, l1.shape(), contiguous(s2, l2)?, Some(contiguous(s3, l3)?))
+        self.forward(storage_f32(s1, l1, "group-norm")?, l1.shape(), storage_f32(s2, l2, "group-norm")?, Some(storage_f32(s3, l3, "group-norm")?))
     }
 
     fn bwd(
