@@ -77,7 +77,7 @@ fn separate_a_44k1_stereo_wav_into_stems_that_sum_to_it() {
     // Existing stems are never overwritten without --force, and stay untouched.
     let before = std::fs::read(out.join("bass.wav")).unwrap();
     let err = fails(&["separate", s(&input), "-o", s(&out), "--model", s(&model), "--steps", "2", "--seed", "5", "-q"]);
-    assert!(err.contains("exist"), "{err}");
+    assert!(err.contains("exist") && err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(out.join("bass.wav")).unwrap(), before);
     ok(&["separate", s(&input), "-o", s(&out), "--model", s(&model), "--steps", "2", "--seed", "5", "-q", "--force"]);
     assert_ne!(std::fs::read(out.join("bass.wav")).unwrap(), before);

@@ -59,7 +59,7 @@ pub fn ensure_output_dir(dir: &Path, names: &[&str], policy: OutputPolicy) -> Re
         if !existing.is_empty() {
             bail!(
                 "refusing to overwrite existing file(s) {} in {}; choose another output folder \
-                 or ask to overwrite (--overwrite)",
+                 or ask to replace them (`msdm ... --force`)",
                 existing.join(", "),
                 dir.display()
             );
