@@ -19,6 +19,7 @@ use candle_core::{Device, Tensor};
 use crate::audio::{self, AudioBuffer, AudioReader, OverlapJoin, ResidualStream, StreamResampler};
 use crate::model_file::Model;
 use crate::noise::{window_seed, ItemNoise};
+use crate::sampler::SamplerConfig;
 use crate::separator::{self, Likelihood};
 use crate::tasks::{Progress, Settings};
 use crate::MODEL_RATE;
@@ -176,7 +177,7 @@ struct Item {
 struct Pipeline<'m> {
     model: &'m Model,
     settings: Settings,
-    calls_per_batch: usize,
+    config: SamplerConfig,
     n_stems: usize,
     rate: u32,
     mono: bool,
@@ -213,17 +214,21 @@ struct Pipeline<'m> {
 impl<'m> Pipeline<'m> {
     fn new(model: &'m Model, source: &dyn FrameSource, settings: &Settings) -> Result<Self> {
         let (rate, in_ch) = (source.rate(), source.channels());
-        if in_ch == 0 || rate == 0 {
+        if in_ch == 0 {
             anyhow::bail!("the mix is empty: there is no audio to process");
+        }
+        if rate == 0 {
+            anyhow::bail!("the mix has a sample rate of 0");
         }
         let mono = settings.mono && in_ch > 1;
         let channels = if mono { 1 } else { in_ch };
         let n_stems = model.num_stems();
         let window = model.window();
         let overlap = overlap(window);
-        let calls = settings.sampler_config().calls();
+        let config = settings.sampler_config();
+        let down = StreamResampler::new(rate, MODEL_RATE, channels)?;
         // Near-equal batches from the expected length: 5 windows with batch 4 run as 3 + 2.
-        let expected22 = source.frames_hint().map(|n| resampled_len(n, rate, MODEL_RATE));
+        let expected22 = source.frames_hint().map(|n| down.output_len(n));
         let items = audio::plan(expected22.unwrap_or(window), window, overlap).len() * channels;
         let batches = items.div_ceil(settings.batch.max(1));
         let batch = items.div_ceil(batches.max(1)).max(1);
@@ -231,17 +236,17 @@ impl<'m> Pipeline<'m> {
         Ok(Self {
             model,
             settings: settings.clone(),
-            calls_per_batch: calls,
+            total_calls: items.div_ceil(batch) * config.calls(),
+            config,
             n_stems,
             rate,
             mono,
             window,
             hop: window - overlap.min(window / 2),
             batch,
-            total_calls: items.div_ceil(batch) * calls,
             done_calls: 0,
             input_frames: 0,
-            down: StreamResampler::new(rate, MODEL_RATE, channels)?,
+            down,
             mix22: vec![Vec::new(); channels],
             base22: 0,
             next_window: 0,
@@ -372,12 +377,12 @@ impl<'m> Pipeline<'m> {
         let y = Tensor::from_vec(data, (n, 1, self.window), &device)?;
         let seeds: Vec<u64> = items.iter().map(|it| window_seed(self.settings.seed, it.window)).collect();
         let mut noise = ItemNoise::new(&seeds);
-        let config = self.settings.sampler_config();
-        self.total_calls = self.total_calls.max(self.done_calls + self.calls_per_batch);
+        let calls = self.config.calls();
+        self.total_calls = self.total_calls.max(self.done_calls + calls);
         let (before, total) = (self.done_calls, self.total_calls);
         let mut cb = |d: usize, _t: usize| progress(Progress { done: before + d, total });
-        let x = separator::separate(self.model.stems_denoiser(), &y, self.settings.likelihood, &config, &mut noise, &mut cb)?;
-        self.done_calls += self.calls_per_batch;
+        let x = separator::separate(self.model.stems_denoiser(), &y, self.settings.likelihood, &self.config, &mut noise, &mut cb)?;
+        self.done_calls += calls;
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         for (it, stems) in items.iter().zip(x) {
             let part = self.joins[it.channel].add(&stems, it.last);
@@ -427,21 +432,20 @@ impl<'m> Pipeline<'m> {
             let stems = &up[c * per..c * per + self.n_stems];
             let at = self.up_pos - self.written;
             let target = &self.target[c][at..at + n];
-            let mut sum = vec![0f32; n];
-            for s in stems {
-                sum.iter_mut().zip(s).for_each(|(a, b)| *a += b);
-            }
+            let sum = sum_stems(stems, n);
             self.report.unseen_max = self.report.unseen_max.max(max_abs_diff(target, &sum));
-            let reference: Vec<f32> = match self.settings.likelihood {
+            let gaussian_reference: Vec<f32>;
+            let reference: &[f32] = match self.settings.likelihood {
                 // Dirac: the stems must sum to the input.
-                Likelihood::Dirac { .. } => target.to_vec(),
+                Likelihood::Dirac { .. } => target,
                 // Gaussian: keep the model's own (soft) consistency; add only what it never saw.
                 Likelihood::Gaussian { .. } => {
                     let seen = &up[c * per + self.n_stems];
-                    (0..n).map(|i| sum[i] + target[i] - seen[i]).collect()
+                    gaussian_reference = (0..n).map(|i| sum[i] + target[i] - seen[i]).collect();
+                    &gaussian_reference
                 }
             };
-            finished.push(self.residual[c].push(stems, &reference));
+            finished.push(self.residual[c].push(stems, reference));
         }
         self.up_pos += n;
         self.write_stems(finished, sink)?;
@@ -456,10 +460,7 @@ impl<'m> Pipeline<'m> {
             return Ok(());
         }
         for (c, stems) in finished.iter().enumerate() {
-            let mut sum = vec![0f32; n];
-            for s in stems {
-                sum.iter_mut().zip(s).for_each(|(a, b)| *a += b);
-            }
+            let sum = sum_stems(stems, n);
             self.report.residual_max = self.report.residual_max.max(max_abs_diff(&self.target[c][..n], &sum));
         }
         self.target.iter_mut().for_each(|t| drop_front(t, n));
@@ -469,9 +470,13 @@ impl<'m> Pipeline<'m> {
     }
 }
 
-/// `round(n * to / from)`.
-fn resampled_len(n: usize, from: u32, to: u32) -> usize {
-    ((n as u128 * to as u128 + from as u128 / 2) / from as u128) as usize
+/// Σ stems over the first `n` samples (f32, in stem order).
+fn sum_stems(stems: &[Vec<f32>], n: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; n];
+    for s in stems {
+        sum.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+    }
+    sum
 }
 
 fn drop_front(v: &mut Vec<f32>, n: usize) {

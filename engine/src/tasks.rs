@@ -288,8 +288,9 @@ fn from_model_rate(channels: &[Vec<f32>], rate: u32, frames: usize) -> Result<Ve
     Ok(out)
 }
 
+/// Separation in memory: the streaming pipeline (which checks the mix) between a buffer source
+/// and a buffer sink.
 fn separate(model: &Model, mix: &AudioBuffer, settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
-    check_audio("the mix", mix)?;
     let mut sink = separation::BufferSink::default();
     let report = separation::separate(model, &mut separation::BufferSource::new(mix), settings, &mut sink, progress)?;
     Ok(StemSet {

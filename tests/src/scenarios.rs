@@ -50,6 +50,11 @@ impl Take {
     fn at(&self, pos: i64) -> usize {
         (pos - self.start) as usize
     }
+
+    /// Σ of the four aux outputs of channel `ch` over samples `a..b`.
+    fn stem_sum(&self, ch: usize, a: usize, b: usize) -> Vec<f32> {
+        (a..b).map(|i| (0..AUX_PORTS).map(|k| self.aux[k][ch][i]).sum()).collect()
+    }
 }
 
 fn process(p: &mut Plugin, inputs: Inputs, pos: i64, n: usize, playing: bool) -> Result<Outputs> {
@@ -171,7 +176,7 @@ fn separate(lib: &std::path::Path) -> Result<()> {
     let expect = block(0, t.start, t.main[0].len(), rate);
     for ch in 0..2 {
         ensure!(t.main[ch] == expect[ch], "main output is not a pass-through");
-        let sum: Vec<f32> = (a..b).map(|i| (0..AUX_PORTS).map(|k| t.aux[k][ch][i]).sum()).collect();
+        let sum = t.stem_sum(ch, a, b);
         let err = rel_err(&sum, &expect[ch][a..b]);
         println!("channel {ch}: sum of stems vs input, relative RMS error {err:.2e}");
         ensure!(err < 1e-3, "stems do not sum to the captured input (rel. error {err})");
@@ -290,7 +295,7 @@ fn rate_change(lib: &std::path::Path) -> Result<()> {
     let (a, b) = check_region(&t, s48, e48, 240 + 64)?;
     let expect = block(0, t.start, t.main[0].len(), 48_000.0);
     for ch in 0..2 {
-        let sum: Vec<f32> = (a..b).map(|i| (0..AUX_PORTS).map(|k| t.aux[k][ch][i]).sum()).collect();
+        let sum = t.stem_sum(ch, a, b);
         let err = rel_err(&sum, &expect[ch][a..b]);
         println!("channel {ch}: stems at 48 kHz vs the input on the timeline: rel. error {err:.2e}");
         ensure!(err < 1e-2, "stems misaligned or wrong after the rate change ({err})");
@@ -366,7 +371,7 @@ fn offline(lib: &std::path::Path) -> Result<()> {
     let expect = block(0, t.start, t.main[0].len(), rate);
     let (a, b) = (0, t.main[0].len() - 480);
     for ch in 0..2 {
-        let sum: Vec<f32> = (a..b).map(|i| (0..AUX_PORTS).map(|k| t.aux[k][ch][i]).sum()).collect();
+        let sum = t.stem_sum(ch, a, b);
         let err = rel_err(&sum, &expect[ch][a..b]);
         println!("channel {ch}: last second of the bounce, sum of stems vs input: {err:.2e}");
         ensure!(err < 1e-3, "the end of the offline capture is missing or wrong ({err})");
