@@ -49,6 +49,11 @@ pub struct TrainArgs {
     /// One-stem (ISDM) configs: the stem to learn (bass, drums, guitar, piano)
     #[arg(long)]
     pub stem: Option<String>,
+    /// Also keep an exponential moving average of the weights with this decay, saved as
+    /// ema.safetensors at every checkpoint (default 0.999 for new runs; 0: none). A resumed run
+    /// without one starts it at its current step; training itself is unchanged either way
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
     /// Train until this many steps in total (default: until stopped with Ctrl-C)
     #[arg(long)]
     pub steps: Option<u64>,
@@ -70,6 +75,7 @@ pub struct TrainArgs {
 }
 
 const DEFAULT_SEED: u64 = 12345;
+const DEFAULT_EMA_DECAY: f64 = 0.999;
 
 fn stem_index(name: &str) -> Result<usize> {
     msdm::STEMS
@@ -182,13 +188,23 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             Trainer::create(dir, new_settings(args)?, validate, &device)?
         }
     };
+    match (args.ema, args.resume.is_some()) {
+        (Some(d), _) if d == 0.0 => {
+            if let Some(e) = trainer.weight_average() {
+                bail!("the run keeps a weight average (decay {}) and cannot drop it; leave out --ema 0", e.decay);
+            }
+        }
+        (Some(d), _) => trainer.enable_weight_average(d)?,
+        (None, false) => trainer.enable_weight_average(DEFAULT_EMA_DECAY)?,
+        (None, true) => {}
+    }
     if trainer.step_count() >= schedule.steps {
         println!("the run in '{}' is already at step {} (--steps {})", trainer.run_dir.display(), trainer.step_count(), schedule.steps);
         return Ok(());
     }
     let s = trainer.settings().clone();
     eprintln!(
-        "training {} in '{}': window {} ({:.2} s), batch {}, lr {:e}, seed {}, on {}",
+        "training {} in '{}': window {} ({:.2} s), batch {}, lr {:e}, seed {}, {}, on {}",
         if args.resume.is_some() { "resumes" } else { "starts" },
         trainer.run_dir.display(),
         s.window,
@@ -196,6 +212,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         s.batch_size,
         s.adam.lr,
         s.seed,
+        match trainer.weight_average() {
+            Some(e) => format!("weight average decay {} since step {}", e.decay, e.since_step),
+            None => "no weight average".into(),
+        },
         msdm::device::describe(&device)
     );
 
@@ -230,9 +250,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 next_line = std::time::Instant::now() + std::time::Duration::from_secs(60);
             }
         }
-        Event::Validated { step, loss, best } => {
+        Event::Validated { step, loss, ema_loss, best } => {
             last_val = Some(*loss);
-            pb.suspend(|| eprintln!("step {step}: validation loss {loss:.5}{}", if *best { " (best so far)" } else { "" }));
+            let ema = ema_loss.map(|l| format!("; weight average {l:.5}")).unwrap_or_default();
+            pb.suspend(|| eprintln!("step {step}: validation loss {loss:.5}{}{ema}", if *best { " (best so far)" } else { "" }));
         }
         Event::Checkpointed { step } => {
             if !interactive && !args.quiet {

@@ -77,29 +77,42 @@ fn train_resume_is_bit_for_bit() {
 
     let straight = dir.path().join("straight");
     let mut t = Trainer::create(&straight, settings(&data), true, &Device::Cpu).unwrap();
+    t.enable_weight_average(0.9).unwrap();
     let all = run(&mut t, 6);
     drop(t);
 
     let split = dir.path().join("split");
     let mut t = Trainer::create(&split, settings(&data), true, &Device::Cpu).unwrap();
+    t.enable_weight_average(0.9).unwrap();
     let mut parts = run(&mut t, 3);
     drop(t);
     let mut t = Trainer::resume(&split, true, &Device::Cpu).unwrap();
     assert_eq!(t.step_count(), 3);
+    assert_eq!(t.weight_average().map(|e| (e.decay, e.since_step)), Some((0.9, 0)), "the average is part of the checkpoint");
+    let e = format!("{:#}", t.enable_weight_average(0.99).unwrap_err());
+    assert!(e.contains("already keeps a weight average with decay 0.9"), "{e}");
     parts.extend(run(&mut t, 6));
     assert_eq!(t.step_count(), 6);
 
     assert_eq!(all.iter().map(|p| p.1.to_bits()).collect::<Vec<_>>(), parts.iter().map(|p| p.1.to_bits()).collect::<Vec<_>>());
-    let (a, b) = (weights_bits(&straight.join("model.safetensors")), weights_bits(&split.join("model.safetensors")));
-    assert_eq!(a.len(), b.len());
-    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(va == vb, "'{na}' differs after resume");
+    for file in ["model.safetensors", "ema.safetensors"] {
+        let (a, b) = (weights_bits(&straight.join(file)), weights_bits(&split.join(file)));
+        assert_eq!(a.len(), b.len());
+        for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            assert!(va == vb, "'{na}' of {file} differs after resume");
+        }
     }
+    // the average lags the weights: it differs from them and from the initialization
+    let ema = Model::load(&straight.join("ema.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(ema.meta.info["steps"], 6);
+    assert_eq!(ema.meta.info["ema"]["decay"], 0.9);
     // ... and training did change the weights
     let init = Model::random(ModelConfig::tiny(), 42, &Device::Cpu).unwrap();
     let m = Model::load(&straight.join("model.safetensors"), &Device::Cpu).unwrap();
     assert_ne!(init.id(), m.id());
+    assert_ne!(ema.id(), m.id());
+    assert_ne!(ema.id(), init.id());
 
     // run files: model meta, optimizer, CSV (same rows either way), best model
     assert_eq!(m.meta.info["steps"], 6);
@@ -110,13 +123,17 @@ fn train_resume_is_bit_for_bit() {
     }
     let csv = |p: &Path| std::fs::read_to_string(p.join("train.csv")).unwrap();
     let rows: Vec<Vec<String>> = csv(&split).lines().map(|l| l.split(',').map(String::from).collect()).collect();
-    assert_eq!(rows[0].join(","), "step,loss,steps_per_s,elapsed_s,val_loss");
+    assert_eq!(rows[0].join(","), "step,loss,steps_per_s,elapsed_s,val_loss,ema_val_loss");
     assert_eq!(rows.iter().skip(1).map(|r| r[0].clone()).collect::<Vec<_>>(), ["1", "2", "3", "4", "5", "6"]);
     let vals: Vec<&String> = rows.iter().skip(1).map(|r| &r[4]).filter(|v| !v.is_empty()).collect();
     assert_eq!(vals.len(), 2, "validation at steps 3 and 6");
+    let ema_vals: Vec<f64> = rows.iter().skip(1).map(|r| &r[5]).filter(|v| !v.is_empty()).map(|v| v.parse().unwrap()).collect();
+    assert_eq!(ema_vals.len(), 2, "the average is validated with the weights");
+    assert!(ema_vals.iter().zip(vals.iter().map(|v| v.parse::<f64>().unwrap())).all(|(e, v)| e.is_finite() && *e != v));
     let col = |text: String, i: usize| text.lines().map(|l| l.split(',').nth(i).unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(col(csv(&straight), 1), col(csv(&split), 1));
     assert_eq!(col(csv(&straight), 4), col(csv(&split), 4), "validation losses are fixed draws");
+    assert_eq!(col(csv(&straight), 5), col(csv(&split), 5));
 }
 
 #[test]
@@ -137,10 +154,24 @@ fn train_stop_flag_checkpoints_and_resume_continues() {
     assert!(summary.stopped);
     assert_eq!(summary.end_step, 4);
     drop(t);
-    let t = Trainer::resume(&run_dir, false, &Device::Cpu).unwrap();
+    let mut t = Trainer::resume(&run_dir, false, &Device::Cpu).unwrap();
     assert_eq!(t.step_count(), 4);
     let m = Model::load(&run_dir.join("model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(m.meta.info["steps"], 4);
+
+    // a run without a weight average can start one later; it starts from the current weights
+    assert!(t.weight_average().is_none() && !run_dir.join("ema.safetensors").exists());
+    t.enable_weight_average(0.99).unwrap();
+    t.checkpoint().unwrap();
+    assert_eq!(Model::load(&run_dir.join("ema.safetensors"), &Device::Cpu).unwrap().id(), m.id());
+    train(&mut t, &Schedule { steps: 6, checkpoint_every: 0, val_every: 0, log_every: 10 }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    drop(t);
+    let t = Trainer::resume(&run_dir, false, &Device::Cpu).unwrap();
+    assert_eq!(t.weight_average().map(|e| (e.decay, e.since_step)), Some((0.99, 4)));
+    // a damaged average is named when the run is resumed
+    std::fs::write(run_dir.join("ema.safetensors"), b"not a model").unwrap();
+    let e = format!("{:#}", Trainer::resume(&run_dir, false, &Device::Cpu).err().unwrap());
+    assert!(e.contains("weight average"), "{e}");
 }
 
 #[test]

@@ -67,6 +67,18 @@ pub fn configure_cpu_threads() {
     }
 }
 
+/// Runs `f` on one of rayon's worker threads, so that the parallel kernels inside it fork and join
+/// within the pool; called from outside, each of them would inject its work into the pool and put the
+/// calling thread to sleep until it is done (a futex wake-up per op, which costs a small network
+/// a sizeable share of its call).
+pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// Wall-clock time per op kind, collected when `MSDM_OPS_PROFILE` is set (for `msdm bench`).
 pub mod profile {
     use std::collections::BTreeMap;

@@ -4,6 +4,7 @@
 //!
 //! - [`loss`]: σ ~ log-normal, x_noisy = x + σ·ε, the weighted denoising loss;
 //! - [`adam`]: Adam (not AdamW) with saveable moments;
+//! - [`ema`]: the moving average of the weights (an extra output; the reference has none);
 //! - [`net`]: the network's weights as trainable variables (any float dtype);
 //! - [`seeds`]: per-step random streams and the epoch order of the items;
 //! - [`run`]: the run directory (checkpoint files, CSV log, settings);
@@ -13,6 +14,7 @@
 //! backward (see `engine/tests/train_gradients.rs`).
 
 pub mod adam;
+pub mod ema;
 pub mod loss;
 pub mod net;
 pub mod run;
@@ -20,7 +22,8 @@ pub mod seeds;
 pub mod trainer;
 
 pub use adam::{Adam, AdamConfig};
+pub use ema::{EmaState, WeightAverage};
 pub use loss::{denoising_loss, draw_noise, item_losses, loss_weight, LossBatch, NoiseDraw};
 pub use net::TrainableNet;
-pub use run::{RunSettings, RunState};
+pub use run::{RunSettings, RunState, Validation};
 pub use trainer::{train, Event, Schedule, Summary, Trainer};

@@ -6,7 +6,8 @@
 //!   provenance in `meta.info` (steps, data, seed, CPU seconds);
 //! - `optimizer.safetensors`: Adam's moments and step count;
 //! - `best.safetensors`: the weights with the lowest validation loss so far;
-//! - `train.csv`: `step,loss,steps_per_s,elapsed_s,val_loss`.
+//! - `ema.safetensors`: the moving average of the weights, when the run keeps one ([`super::ema`]);
+//! - `train.csv`: `step,loss,steps_per_s,elapsed_s,val_loss,ema_val_loss`.
 //!
 //! There is no RNG state file: every random draw of step s is derived from (seed, s) (see
 //! [`super::seeds`]), so the step count is the RNG state.
@@ -18,14 +19,16 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::adam::AdamConfig;
+use super::ema::EmaState;
 use crate::config::ModelConfig;
 
 pub const STATE_FILE: &str = "trainer.json";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
+pub const EMA_FILE: &str = "ema.safetensors";
 pub const CSV_FILE: &str = "train.csv";
-pub const CSV_HEADER: &str = "step,loss,steps_per_s,elapsed_s,val_loss";
+pub const CSV_HEADER: &str = "step,loss,steps_per_s,elapsed_s,val_loss,ema_val_loss";
 const STATE_VERSION: u32 = 1;
 
 /// What defines a run: changing any of these would make a resumed run differ from an
@@ -118,6 +121,10 @@ pub struct RunState {
     pub cpu_seconds: f64,
     /// How the random draws are made (informative).
     pub rng: String,
+    /// The moving average of the weights, when the run keeps one (it does not affect training, so
+    /// it may start at any step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaState>,
 }
 
 impl RunState {
@@ -131,6 +138,7 @@ impl RunState {
             wall_seconds: 0.0,
             cpu_seconds: 0.0,
             rng: "ChaCha20, stream per (seed, purpose, step); no state carried between steps".into(),
+            ema: None,
         }
     }
 
@@ -158,6 +166,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move '{}' into place", path.display()))
 }
 
+/// The validation losses of one pass: of the weights and, when the run keeps one, of their average.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Validation {
+    pub loss: f64,
+    pub ema_loss: Option<f64>,
+}
+
 /// The CSV log. On resume, rows after the checkpoint's step are dropped (they belong to steps
 /// that will be redone).
 pub struct CsvLog {
@@ -173,7 +188,9 @@ impl CsvLog {
             for line in text.lines().skip(1) {
                 let step: Option<u64> = line.split(',').next().and_then(|s| s.parse().ok());
                 if matches!(step, Some(s) if s <= resume_step) {
-                    kept.push(line.to_string());
+                    // rows of logs written before the ema_val_loss column get an empty one
+                    let pad = CSV_HEADER.matches(',').count().saturating_sub(line.matches(',').count());
+                    kept.push(format!("{line}{}", ",".repeat(pad)));
                 }
             }
         }
@@ -181,13 +198,14 @@ impl CsvLog {
         Ok(Self { path })
     }
 
-    pub fn append(&self, step: u64, loss: Option<f64>, steps_per_s: f64, elapsed_s: f64, val_loss: Option<f64>) -> Result<()> {
+    pub fn append(&self, step: u64, loss: Option<f64>, steps_per_s: f64, elapsed_s: f64, val: Option<Validation>) -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
             .with_context(|| format!("cannot append to '{}'", self.path.display()))?;
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
-        writeln!(f, "{step},{},{steps_per_s:.4},{elapsed_s:.1},{}", opt(loss), opt(val_loss))?;
+        let (v, ema) = (val.map(|v| v.loss), val.and_then(|v| v.ema_loss));
+        writeln!(f, "{step},{},{steps_per_s:.4},{elapsed_s:.1},{},{}", opt(loss), opt(v), opt(ema))?;
         Ok(())
     }
 }

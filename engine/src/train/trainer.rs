@@ -10,11 +10,13 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
 use super::adam::Adam;
+use super::ema::{EmaState, WeightAverage};
 use super::loss::{denoising_loss, draw_noise, item_losses, LossBatch};
 use super::net::TrainableNet;
-use super::run::{self, CsvLog, RunSettings, RunState};
+use super::run::{self, CsvLog, RunSettings, RunState, Validation};
 use super::seeds::{self, EpochSampler, Purpose};
 use crate::data::MultiSourceDataset;
+use crate::denoiser::EdmDenoiser;
 use crate::model_file::{Model, ModelMeta, StoreDType};
 
 /// When to stop, checkpoint, validate and log. These may change between sessions of a run.
@@ -43,8 +45,9 @@ pub enum Event {
     Started { step: u64, steps: u64, parameters: usize, train_items: usize, val_items: usize },
     /// A step finished: its loss, the mean loss of recent steps and the current speed.
     Step { step: u64, loss: f64, mean_loss: f64, steps_per_s: f64 },
-    /// A validation pass finished; `best` when it is the lowest so far (saved to best.safetensors).
-    Validated { step: u64, loss: f64, best: bool },
+    /// A validation pass finished (the weights' loss and, with an EMA, the average's); `best` when
+    /// the weights' loss is the lowest so far (saved to best.safetensors).
+    Validated { step: u64, loss: f64, ema_loss: Option<f64>, best: bool },
     Checkpointed { step: u64 },
 }
 
@@ -67,6 +70,7 @@ pub struct Trainer {
     pub state: RunState,
     pub net: TrainableNet,
     adam: Adam,
+    ema: Option<WeightAverage>,
     train_data: MultiSourceDataset,
     val_data: Option<MultiSourceDataset>,
     sampler: EpochSampler,
@@ -138,7 +142,53 @@ impl Trainer {
                 adam.step_count()
             );
         }
-        Self::assemble(run_dir, state, net, adam, with_validation)
+        let ema = match state.ema {
+            None => None,
+            Some(ema_state) => {
+                let saved = Model::load(&run_dir.join(run::EMA_FILE), &Device::Cpu)
+                    .with_context(|| format!("the run in '{}' keeps a weight average but cannot read it", run_dir.display()))?;
+                let saved_step = saved.meta.info.get("steps").and_then(|v| v.as_u64());
+                if saved_step != Some(state.step) {
+                    bail!(
+                        "the checkpoint in '{}' is inconsistent ({} says step {}, {} {saved_step:?}); it was interrupted \
+                         while being written — start a new run or restore the files",
+                        run_dir.display(),
+                        run::STATE_FILE,
+                        state.step,
+                        run::EMA_FILE
+                    );
+                }
+                Some(WeightAverage::from_model(&saved, &net, ema_state)?)
+            }
+        };
+        let mut t = Self::assemble(run_dir, state, net, adam, with_validation)?;
+        t.ema = ema;
+        Ok(t)
+    }
+
+    /// Starts keeping a moving average of the weights with `decay` from the current step on (saved
+    /// at the next checkpoint). A run that already keeps one with this decay is left as it is.
+    pub fn enable_weight_average(&mut self, decay: f64) -> Result<()> {
+        EmaState::check_decay(decay)?;
+        if let Some(ema) = &self.ema {
+            if ema.state.decay != decay {
+                bail!(
+                    "the run already keeps a weight average with decay {} (since step {}); it cannot change to {decay}",
+                    ema.state.decay,
+                    ema.state.since_step
+                );
+            }
+            return Ok(());
+        }
+        let ema = WeightAverage::start(&self.net, decay, self.state.step)?;
+        self.state.ema = Some(ema.state);
+        self.ema = Some(ema);
+        Ok(())
+    }
+
+    /// The weight average's settings, when the run keeps one.
+    pub fn weight_average(&self) -> Option<EmaState> {
+        self.ema.as_ref().map(|e| e.state)
     }
 
     fn assemble(run_dir: &Path, state: RunState, net: TrainableNet, adam: Adam, with_validation: bool) -> Result<Self> {
@@ -151,6 +201,7 @@ impl Trainer {
             state,
             net,
             adam,
+            ema: None,
             train_data,
             val_data,
             sampler,
@@ -201,6 +252,10 @@ impl Trainer {
     /// One optimizer step; returns its loss. A non-finite loss stops training with an error before
     /// the weights are touched (the last checkpoint stays intact).
     pub fn step(&mut self) -> Result<f64> {
+        crate::ops::on_workers(|| self.step_on_workers())
+    }
+
+    fn step_on_workers(&mut self) -> Result<f64> {
         let step = self.state.step;
         let batch = self.batch_for_step(step)?;
         let loss = denoising_loss(&self.net.denoiser, &batch)?;
@@ -215,12 +270,27 @@ impl Trainer {
         let grads = loss.backward()?;
         self.adam.step(&grads)?;
         self.state.step += 1;
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.net, self.state.step)?;
+        }
         Ok(value)
     }
 
     /// The validation loss: `val_batches` batches spread evenly over the validation items, with
     /// shifts, σ and ε from fixed streams (the same draws at every validation of the run).
-    pub fn validate(&mut self) -> Result<f64> {
+    pub fn validate(&mut self) -> Result<Validation> {
+        let loss = crate::ops::on_workers(|| self.validation_loss(&self.net.denoiser))?;
+        let ema_loss = match &self.ema {
+            None => None,
+            Some(ema) => {
+                let model = ema.to_model(&self.net, self.meta(None))?;
+                Some(crate::ops::on_workers(|| self.validation_loss(&model.denoiser))?)
+            }
+        };
+        Ok(Validation { loss, ema_loss })
+    }
+
+    fn validation_loss(&self, denoiser: &EdmDenoiser) -> Result<f64> {
         let Some(val) = &self.val_data else {
             bail!("this trainer was opened without its validation split");
         };
@@ -232,7 +302,7 @@ impl Trainer {
             let mut rng = seeds::stream(s.seed, Purpose::Validation, bi as u64);
             let x = val.batch(chunk, &mut rng)?;
             let batch = self.to_loss_batch(x, &mut rng)?;
-            let losses = item_losses(&self.net.denoiser, &batch)?.detach();
+            let losses = item_losses(denoiser, &batch)?.detach();
             total += losses.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         }
         Ok(total / n as f64)
@@ -281,12 +351,18 @@ impl Trainer {
         }
     }
 
-    /// Writes model, optimizer and `trainer.json` (last: it commits the checkpoint).
+    /// Writes model, optimizer, weight average and `trainer.json` (last: it commits the checkpoint).
     pub fn checkpoint(&mut self) -> Result<()> {
         self.account_time();
         let model = self.net.to_model(self.meta(None))?;
         model.save(&self.run_dir.join(run::MODEL_FILE), StoreDType::F32)?;
         self.adam.save(&self.run_dir.join(run::OPTIMIZER_FILE))?;
+        if let Some(ema) = &self.ema {
+            let mut meta = self.meta(None);
+            meta.info["weights"] = serde_json::json!("exponential moving average");
+            meta.info["ema"] = serde_json::to_value(ema.state)?;
+            ema.to_model(&self.net, meta)?.save(&self.run_dir.join(run::EMA_FILE), StoreDType::F32)?;
+        }
         self.state.save(&self.run_dir)
     }
 
@@ -343,18 +419,18 @@ pub fn train(trainer: &mut Trainer, schedule: &Schedule, stop: &AtomicBool, prog
         let sps = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         progress(&Event::Step { step, loss, mean_loss: recent.iter().sum::<f64>() / recent.len() as f64, steps_per_s: sps });
 
-        let val_loss = if schedule.val_every > 0 && step % schedule.val_every == 0 {
+        let val = if schedule.val_every > 0 && step % schedule.val_every == 0 {
             let v = trainer.validate()?;
-            let best = trainer.record_validation(v)?;
-            progress(&Event::Validated { step, loss: v, best });
+            let best = trainer.record_validation(v.loss)?;
+            progress(&Event::Validated { step, loss: v.loss, ema_loss: v.ema_loss, best });
             Some(v)
         } else {
             None
         };
-        if step % log_every == 0 || val_loss.is_some() {
+        if step % log_every == 0 || val.is_some() {
             let rate = window_n as f64 / window_t.elapsed().as_secs_f64().max(1e-9);
             let mean = (window_n > 0).then(|| window_sum / window_n as f64);
-            csv.append(step, mean, rate, trainer.elapsed_seconds(), val_loss)?;
+            csv.append(step, mean, rate, trainer.elapsed_seconds(), val)?;
             (window_sum, window_n, window_t) = (0.0, 0, Instant::now());
         }
         if schedule.checkpoint_every > 0 && step % schedule.checkpoint_every == 0 {
