@@ -149,15 +149,37 @@ impl Model {
         Self::from_tensors(config, meta, tensors)
     }
 
-    /// Loads a model file onto `device`.
+    /// Loads a model file onto `device`, one tensor at a time: the peak memory is the weights
+    /// plus the largest tensor, not the whole file on top of the weights.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read the model file '{}'", path.display()))?;
-        Self::from_bytes(&bytes, device).with_context(|| format!("loading the model file '{}'", path.display()))
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read the model file '{}'", path.display()))?;
+        let len = file.metadata().with_context(|| format!("cannot read the model file '{}'", path.display()))?.len();
+        let read = |offset: u64, n: usize| -> Result<Vec<u8>> {
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        };
+        Self::from_reader(len, read, device).with_context(|| format!("loading the model file '{}'", path.display()))
     }
 
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .context("not a safetensors file (import a PyTorch checkpoint with `msdm import` first)")?;
+        let read = |offset: u64, n: usize| -> Result<Vec<u8>> {
+            let start = usize::try_from(offset)?;
+            Ok(bytes.get(start..start + n).context("out of range")?.to_vec())
+        };
+        Self::from_reader(bytes.len() as u64, read, device)
+    }
+
+    /// A model from a safetensors file of `len` bytes that `read(offset, n)` reads from.
+    fn from_reader(len: u64, read: impl Fn(u64, usize) -> Result<Vec<u8>>, device: &Device) -> Result<Self> {
+        const NOT_SAFETENSORS: &str = "not a safetensors file (import a PyTorch checkpoint with `msdm import` first)";
+        let header_len = read(0, 8).ok().map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).context(NOT_SAFETENSORS)?;
+        if header_len > 100_000_000 || 8 + header_len > len {
+            bail!(NOT_SAFETENSORS);
+        }
+        let header: safetensors::tensor::Metadata =
+            serde_json::from_slice(&read(8, header_len as usize)?).context(NOT_SAFETENSORS)?;
         let md = header.metadata().clone().unwrap_or_default();
         if md.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_VERSION) {
             bail!("this safetensors file is not an MSDM model (no '{FORMAT_KEY}' = '{FORMAT_VERSION}' in its metadata)");
@@ -172,9 +194,20 @@ impl Model {
         if meta.stems.len() != config.in_channels {
             bail!("the model names {} stems but has {} channels", meta.stems.len(), config.in_channels);
         }
-        let st = safetensors::SafeTensors::deserialize(bytes).context("the model file is damaged")?;
+        let data_start = 8 + header_len;
+        let data_len = len - data_start;
         let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
+        for (name, info) in header.tensors() {
+            let (start, end) = info.data_offsets;
+            if start > end || end as u64 > data_len {
+                bail!(
+                    "the model file is damaged or truncated: tensor '{name}' lies at bytes {start}..{end} of a {data_len}-byte data section \
+                     (download or export it again)"
+                );
+            }
+            let bytes = read(data_start + start as u64, end - start)?;
+            let view = safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), &bytes)
+                .map_err(|e| anyhow::anyhow!("the model file is damaged: tensor '{name}': {e}"))?;
             let t = candle_core::safetensors::Load::load(&view, &Device::Cpu)?;
             tensors.insert(name.to_string(), t.to_dtype(DType::F32)?.to_device(device)?);
         }
@@ -305,5 +338,22 @@ mod tests {
         std::fs::write(&junk, b"hello").unwrap();
         let err = format!("{:#}", Model::load(&junk, &Device::Cpu).err().unwrap());
         assert!(err.contains("not a safetensors file"), "{err}");
+
+        // the file read tensor by tensor and the same bytes in memory give the same model
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(Model::from_bytes(&bytes, &Device::Cpu).unwrap().id(), m.id());
+
+        // a truncated file names the problem and the file (cut in the data, and in the header)
+        for keep in [bytes.len() - 100, 40] {
+            let cut = dir.path().join("cut.safetensors");
+            std::fs::write(&cut, &bytes[..keep]).unwrap();
+            let err = format!("{:#}", Model::load(&cut, &Device::Cpu).err().unwrap());
+            assert!(err.contains("cut.safetensors"), "{err}");
+            assert!(err.contains("truncated") || err.contains("not a safetensors file"), "{err}");
+        }
+        let cut = dir.path().join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+        let err = format!("{:#}", Model::load(&cut, &Device::Cpu).err().unwrap());
+        assert!(err.contains("damaged or truncated"), "{err}");
     }
 }
