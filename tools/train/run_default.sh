@@ -18,7 +18,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DATA="${DATA:-$ROOT/data/minislakh}"
 RUN="${RUN:-$ROOT/runs/default}"
 SOUNDFONT="${SOUNDFONT:-/usr/share/sounds/sf2/FluidR3_GM.sf2}"
-TRAIN_TRACKS="${TRAIN_TRACKS:-400}"
+TRAIN_TRACKS="${TRAIN_TRACKS:-500}"
 VAL_TRACKS="${VAL_TRACKS:-20}"
 TEST_TRACKS="${TEST_TRACKS:-30}"
 CONFIG="${CONFIG:-small}"
@@ -30,6 +30,7 @@ STEPS="${STEPS:-}"            # empty: train until stopped
 CHECKPOINT_EVERY="${CHECKPOINT_EVERY:-250}"
 VAL_EVERY="${VAL_EVERY:-1000}"
 LOG_EVERY="${LOG_EVERY:-25}"
+EMA="${EMA:-0.9995}"           # decay of the weight average (ema.safetensors); 0: none
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
 
 mkdir -p "$RUN"
@@ -73,7 +74,7 @@ for split_count in "train:$TRAIN_TRACKS" "validation:$VAL_TRACKS" "test:$TEST_TR
     echo "$count $SOUNDFONT" > "$marker"
 done
 
-args=(train --checkpoint-every "$CHECKPOINT_EVERY" --val-every "$VAL_EVERY" --log-every "$LOG_EVERY")
+args=(train --checkpoint-every "$CHECKPOINT_EVERY" --val-every "$VAL_EVERY" --log-every "$LOG_EVERY" --ema "$EMA")
 [[ -n "$STEPS" ]] && args+=(--steps "$STEPS")
 if [[ -f "$RUN/trainer.json" ]]; then
     args+=(--resume "$RUN")

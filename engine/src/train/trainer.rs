@@ -279,13 +279,10 @@ impl Trainer {
     /// The validation loss: `val_batches` batches spread evenly over the validation items, with
     /// shifts, σ and ε from fixed streams (the same draws at every validation of the run).
     pub fn validate(&mut self) -> Result<Validation> {
-        let loss = crate::ops::on_workers(|| self.validation_loss(&self.net.denoiser))?;
+        let loss = self.validation_loss(&self.net.denoiser)?;
         let ema_loss = match &self.ema {
             None => None,
-            Some(ema) => {
-                let model = ema.to_model(&self.net, self.meta(None))?;
-                Some(crate::ops::on_workers(|| self.validation_loss(&model.denoiser))?)
-            }
+            Some(ema) => Some(self.validation_loss(&ema.to_model(&self.net, self.meta(None))?.denoiser)?),
         };
         Ok(Validation { loss, ema_loss })
     }
