@@ -43,7 +43,8 @@ impl EdmDenoiser {
         (x.broadcast_mul(&c_skip)? + f.broadcast_mul(&c_out)?)?.clamp(-1f32, 1f32)
     }
 
-    fn run_net(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
+    /// F_θ(x, c_noise) in the compute dtype, returned as f32.
+    pub(crate) fn run_net(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
         if self.compute_dtype == DType::F32 {
             return self.net.forward(x, c_noise);
         }

@@ -16,11 +16,16 @@
 //!
 //! Tensors are `[batch, channels, time]` unless stated otherwise.
 
+mod average;
 mod channel;
 mod columns;
 mod cpu;
+mod edm_loss;
 mod group_norm;
 mod simd;
+
+pub use average::moving_average;
+pub use edm_loss::{edm_item_losses, fused_loss_applies, EdmLossCoefficients};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

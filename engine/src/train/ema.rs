@@ -76,7 +76,7 @@ impl WeightAverage {
     pub fn update(&mut self, net: &TrainableNet, step: u64) -> Result<()> {
         let d = self.state.decay_at(step);
         for (avg, (_, var)) in self.tensors.iter_mut().zip(&net.vars) {
-            *avg = (avg.affine(d, 0.0)? + var.as_tensor().detach().affine(1.0 - d, 0.0)?)?;
+            *avg = crate::ops::moving_average(avg, &var.as_tensor().detach(), d)?;
         }
         Ok(())
     }

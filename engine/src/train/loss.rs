@@ -10,7 +10,8 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use crate::config::SigmaDistribution;
-use crate::denoiser::EdmDenoiser;
+use crate::denoiser::{edm_coefficients, EdmDenoiser};
+use crate::ops;
 
 /// The noise of one training batch: σ per item and ε for every sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,7 +75,35 @@ impl LossBatch {
 }
 
 /// Per-item weighted losses `[B]`: w(σ_b) · mean_{C,T} (D(x + σ_b·ε, σ_b) − x)².
+///
+/// On the CPU in f32 the preconditioning, clamp and weighted error after the network are one op
+/// ([`ops::edm_item_losses`]); elsewhere, and in [`item_losses_composite`], candle ops.
 pub fn item_losses(denoiser: &EdmDenoiser, batch: &LossBatch) -> Result<Tensor> {
+    if !ops::fused_loss_applies(&batch.x) || denoiser.compute_dtype != DType::F32 {
+        return item_losses_composite(denoiser, batch);
+    }
+    let b = batch.batch_size();
+    let sd = denoiser.sigma_data as f32;
+    let sigmas: Vec<f32> = batch.sigmas.to_vec1()?;
+    let mut k = ops::EdmLossCoefficients { c_skip: vec![], c_out: vec![], weight: vec![] };
+    let (mut c_in, mut c_noise) = (vec![], vec![]);
+    for &s in &sigmas {
+        let (skip, out, inp, noise) = edm_coefficients(s, sd);
+        k.c_skip.push(skip);
+        k.c_out.push(out);
+        k.weight.push(loss_weight(s as f64, sd as f64) as f32);
+        c_in.push(inp);
+        c_noise.push(noise);
+    }
+    let s = batch.sigmas.reshape((b, 1, 1))?;
+    let x_noisy = (&batch.x + batch.noise.broadcast_mul(&s)?)?;
+    let c_in = Tensor::from_vec(c_in, (b, 1, 1), batch.x.device())?;
+    let f = denoiser.run_net(&x_noisy.broadcast_mul(&c_in)?, &Tensor::from_vec(c_noise, b, batch.x.device())?)?;
+    ops::edm_item_losses(&f, &x_noisy, &batch.x, &k)
+}
+
+/// [`item_losses`] composed of candle ops (any device and dtype).
+pub fn item_losses_composite(denoiser: &EdmDenoiser, batch: &LossBatch) -> Result<Tensor> {
     let b = batch.batch_size();
     let s = batch.sigmas.reshape((b, 1, 1))?;
     let x_noisy = (&batch.x + batch.noise.broadcast_mul(&s)?)?;

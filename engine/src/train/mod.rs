@@ -23,7 +23,7 @@ pub mod trainer;
 
 pub use adam::{Adam, AdamConfig};
 pub use ema::{EmaState, WeightAverage};
-pub use loss::{denoising_loss, draw_noise, item_losses, loss_weight, LossBatch, NoiseDraw};
+pub use loss::{denoising_loss, draw_noise, item_losses, item_losses_composite, loss_weight, LossBatch, NoiseDraw};
 pub use net::TrainableNet;
 pub use run::{RunSettings, RunState, Validation};
 pub use trainer::{train, Event, Schedule, Summary, Trainer};
