@@ -72,7 +72,7 @@ pub fn configure_cpu_threads() {
     }
 }
 
-/// Runs `f` on one of rayon's worker threads, so that the parallel kernels inside it fork and join
+/// Runs `f` on one of rayon's worker threads (for CPU work), so that the parallel kernels inside it fork and join
 /// within the pool; called from outside, each of them would inject its work into the pool and put the
 /// calling thread to sleep until it is done (a futex wake-up per op, which costs a small network
 /// a sizeable share of its call).

@@ -252,10 +252,14 @@ impl Trainer {
     /// One optimizer step; returns its loss. A non-finite loss stops training with an error before
     /// the weights are touched (the last checkpoint stays intact).
     pub fn step(&mut self) -> Result<f64> {
-        crate::ops::on_workers(|| self.step_on_workers())
+        if self.net.device().is_cpu() {
+            crate::ops::on_workers(|| self.step_inner())
+        } else {
+            self.step_inner()
+        }
     }
 
-    fn step_on_workers(&mut self) -> Result<f64> {
+    fn step_inner(&mut self) -> Result<f64> {
         let step = self.state.step;
         let batch = self.batch_for_step(step)?;
         let loss = denoising_loss(&self.net.denoiser, &batch)?;

@@ -183,7 +183,11 @@ impl UNet1d {
 
     /// F_θ(x, c_noise): `x` `[B, in_channels, T]` with T a multiple of `config.length_multiple()`.
     pub fn forward(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
-        ops::on_workers(|| self.forward_on_device(x, c_noise))
+        if x.device().is_cpu() {
+            ops::on_workers(|| self.forward_on_device(x, c_noise))
+        } else {
+            self.forward_on_device(x, c_noise)
+        }
     }
 
     fn forward_on_device(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
