@@ -91,10 +91,15 @@ impl ItemNoise {
 
 impl NoiseSource for ItemNoise {
     fn draw(&mut self, n: usize) -> Result<Vec<f32>> {
-        let per = n / self.gens.len();
-        let mut v = Vec::with_capacity(n);
-        for g in &mut self.gens {
-            v.extend(g.standard_normal(per));
+        use rayon::prelude::*;
+        // The items' generators are independent, so they fill their parts in parallel (the same
+        // values as one after the other).
+        let per = n / self.gens.len().max(1);
+        let mut v = vec![0f32; per * self.gens.len()];
+        if per > 0 {
+            v.par_chunks_mut(per).zip(self.gens.par_iter_mut()).for_each(|(out, g)| {
+                out.iter_mut().for_each(|o| *o = StandardNormal.sample(&mut g.rng));
+            });
         }
         Ok(v)
     }
