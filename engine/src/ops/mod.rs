@@ -72,10 +72,10 @@ pub fn configure_cpu_threads() {
     }
 }
 
-/// Runs `f` on one of rayon's worker threads (for CPU work), so that the parallel kernels inside it fork and join
-/// within the pool; called from outside, each of them would inject its work into the pool and put the
-/// calling thread to sleep until it is done (a futex wake-up per op, which costs a small network
-/// a sizeable share of its call).
+/// Runs `f` (CPU work) on one of rayon's worker threads, so that the parallel kernels inside it
+/// fork and join within the pool; called from outside, each of them would inject its work into the
+/// pool and put the calling thread to sleep until it is done (a futex wake-up per op, which cost
+/// the bundled model's small network about a third of its call).
 pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()
