@@ -22,7 +22,14 @@ impl SeededNoise {
     }
 
     pub fn standard_normal(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| StandardNormal.sample(&mut self.rng)).collect()
+        let mut v = vec![0f32; n];
+        self.fill(&mut v);
+        v
+    }
+
+    /// Fills `out` with the next `out.len()` draws (the same values as [`Self::standard_normal`]).
+    pub fn fill(&mut self, out: &mut [f32]) {
+        out.iter_mut().for_each(|o| *o = StandardNormal.sample(&mut self.rng));
     }
 }
 
@@ -97,9 +104,7 @@ impl NoiseSource for ItemNoise {
         let per = n / self.gens.len().max(1);
         let mut v = vec![0f32; per * self.gens.len()];
         if per > 0 {
-            v.par_chunks_mut(per).zip(self.gens.par_iter_mut()).for_each(|(out, g)| {
-                out.iter_mut().for_each(|o| *o = StandardNormal.sample(&mut g.rng));
-            });
+            v.par_chunks_mut(per).zip(self.gens.par_iter_mut()).for_each(|(out, g)| g.fill(out));
         }
         Ok(v)
     }

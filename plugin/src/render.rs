@@ -107,7 +107,7 @@ pub fn settings_for(job: &Job, model: &msdm::model_file::Model, quality: Quality
     let mut s = Settings::for_job(job, model);
     if quality == Quality::Draft {
         // Half the network calls: one call per step, else half the steps, but never below 16
-        // steps (the bundled model's Dirac sampler diverges with fewer; see its model card).
+        // steps (earlier bundled models' Dirac sampler diverged at 12; see the model card).
         if s.resamples > 1 {
             s.resamples = 1;
         } else {

@@ -83,15 +83,19 @@ impl CustomOp3 for EdmItemLoss {
 
     fn bwd(&self, f: &Tensor, xn: &Tensor, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g: Vec<f32> = grad.to_dtype(DType::F32)?.to_vec1()?;
-        let df = f.apply_op3(xn, x, EdmItemLossGrad { loss: EdmItemLoss(self.0.clone()), grad: g })?;
+        let per_item = (f.elem_count() / f.dim(0)?.max(1)) as f32;
+        // dF = scale_b · (D − x) where D is not clamped: scale_b = g_b · w_b · 2/(C·T) · c_out,b
+        let k = &self.0;
+        let scale = (0..g.len()).map(|b| g[b] * k.weight[b] * 2.0 / per_item * k.c_out[b]).collect();
+        let df = f.apply_op3(xn, x, EdmItemLossGrad { loss: EdmItemLoss(k.clone()), scale })?;
         Ok((Some(df), None, None))
     }
 }
 
-/// dF of [`EdmItemLoss`] for the output gradient `grad` `[B]`.
+/// dF of [`EdmItemLoss`]: `scale[b] · (D − x)` where D is not clamped, else 0.
 struct EdmItemLossGrad {
     loss: EdmItemLoss,
-    grad: Vec<f32>,
+    scale: Vec<f32>,
 }
 
 impl CustomOp3 for EdmItemLossGrad {
@@ -111,8 +115,7 @@ impl CustomOp3 for EdmItemLossGrad {
                 let item = i / per_item;
                 let pre = self.loss.denoised(item, f[i], xn[i]);
                 if pre > -1.0 && pre < 1.0 {
-                    let scale = self.grad[item] * self.loss.0.weight[item] * 2.0 / per_item as f32 * self.loss.0.c_out[item];
-                    *o = scale * (pre - x[i]);
+                    *o = self.scale[item] * (pre - x[i]);
                 }
             }
         });
