@@ -59,8 +59,9 @@ pub struct BenchArgs {
 }
 
 /// One Dirac/Gaussian separation of one `length`-sample window (batch 1) at the model's default
-/// separation settings: seconds with our seeded CPU noise, seconds with the draws replayed from
-/// one buffer (the cost without the CPU RNG), and the number of denoiser calls.
+/// separation settings: seconds with the noise a real run uses (seeded CPU streams on the CPU, the
+/// device's generator on a GPU), seconds with the draws replayed from one host buffer, and the
+/// number of denoiser calls.
 fn window_separation(model: &Model, length: usize, device: &candle_core::Device) -> Result<(f64, f64, usize)> {
     struct Replay(Vec<f32>);
     impl msdm::noise::NoiseSource for Replay {
@@ -79,7 +80,7 @@ fn window_separation(model: &Model, length: usize, device: &candle_core::Device)
         y.sum_all()?.to_scalar::<f32>()?; // wait for the device
         Ok(t.elapsed().as_secs_f64())
     };
-    let seeded = time(&mut msdm::noise::SeededNoise::new(0))?;
+    let seeded = time(&mut *msdm::noise::DeviceNoise::for_items(device, &[0])?)?;
     let n = model.denoiser.channels() * length;
     let replayed = time(&mut Replay(msdm::noise::SeededNoise::new(0).standard_normal(n)))?;
     Ok((seeded, replayed, cfg.calls()))
@@ -104,6 +105,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // candle's pool settings for this workload (see the function; `msdm`'s main should do the same)
     msdm::ops::configure_cpu_threads();
     let device = msdm::device::select(&args.device)?;
+    if msdm::ops::profile::enabled() && !device.is_cpu() {
+        msdm::ops::profile::sync_with(&device);
+    }
     let model = match args.config.as_str() {
         "bundled" => Model::load(&bundled_model_path().context("the bundled model is not there; pass --config tiny|small|paper")?, &device)?,
         p if p.ends_with(".safetensors") => Model::load(std::path::Path::new(p), &device)?,

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use crate::graph::NetGraphs;
 use crate::unet::UNet1d;
 
 /// Anything that denoises a `[B, C, T]` state at a noise level σ.
@@ -22,12 +23,14 @@ pub struct EdmDenoiser {
     pub sigma_data: f64,
     /// The dtype the network runs in (f32 on CPU; f16/bf16 possible on GPUs).
     pub compute_dtype: DType,
+    /// The network's calls captured as CUDA graphs (inference on CUDA only; see [`crate::graph`]).
+    pub graphs: NetGraphs,
 }
 
 impl EdmDenoiser {
     pub fn new(net: UNet1d) -> Self {
         let sigma_data = net.config.diffusion_sigma_data;
-        Self { net, sigma_data, compute_dtype: DType::F32 }
+        Self { net, sigma_data, compute_dtype: DType::F32, graphs: NetGraphs::default() }
     }
 
     /// D(x, σ_b) with one σ per batch item (`sigmas`: `[B]`, f32). Used by training.
@@ -43,8 +46,13 @@ impl EdmDenoiser {
         (x.broadcast_mul(&c_skip)? + f.broadcast_mul(&c_out)?)?.clamp(-1f32, 1f32)
     }
 
-    /// F_θ(x, c_noise) in the compute dtype, returned as f32.
+    /// F_θ(x, c_noise) in the compute dtype, returned as f32; replayed from a CUDA graph where
+    /// that applies.
     pub(crate) fn run_net(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
+        self.graphs.run(x, c_noise, &|x, c| self.run_net_eager(x, c))
+    }
+
+    fn run_net_eager(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
         if self.compute_dtype == DType::F32 {
             return self.net.forward(x, c_noise);
         }

@@ -10,7 +10,7 @@ pub fn select(spec: &str) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device cuda: this build has no CUDA support; rebuild with `--features cuda` (needs the CUDA toolkit)");
             }
-            Ok(Device::new_cuda(0)?)
+            cuda(0)
         }
         "metal" => {
             if !candle_core::utils::metal_is_available() {
@@ -20,7 +20,7 @@ pub fn select(spec: &str) -> Result<Device> {
         }
         "auto" => {
             if candle_core::utils::cuda_is_available() {
-                if let Ok(d) = Device::new_cuda(0) {
+                if let Ok(d) = cuda(0) {
                     return Ok(d);
                 }
             }
@@ -33,6 +33,21 @@ pub fn select(spec: &str) -> Result<Device> {
         }
         other => bail!("unknown device '{other}': use auto, cpu, cuda or metal"),
     }
+}
+
+/// CUDA device `ordinal` set up for this crate: its own stream (every thread then queues on the
+/// same one, in order) and no cross-stream event tracking, which we do not need with one stream
+/// and which would keep the network's calls from being captured as CUDA graphs
+/// ([`crate::graph`]). Call it before any tensor is made on the device.
+pub fn cuda(ordinal: usize) -> Result<Device> {
+    let device = Device::new_cuda_with_stream(ordinal)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &device {
+        // SAFETY: every tensor of this device is used on its one stream (candle queues all
+        // work of a device on the stream it was made with), so no cross-stream ordering is lost.
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(device)
 }
 
 /// A short human-readable name ("CPU (2 threads)", "CUDA 0", "Metal").

@@ -5,6 +5,7 @@
 //! - [`ops`]: the one module that owns the network's primitive ops (kernels are swapped here);
 //! - [`unet`]: the score network F_θ (audio-diffusion-pytorch 0.0.43 `UNet1d`);
 //! - [`denoiser`]: the EDM-preconditioned denoiser D(x, σ) with the reference clamp;
+//! - [`graph`]: the network's calls replayed as CUDA graphs;
 //! - [`schedule`]: the Karras σ schedule;
 //! - [`noise`]: seeded and recorded standard-normal draws;
 //! - [`sampler`]: Euler + churn with resamples, for generation and source imputation;
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod denoiser;
 pub mod device;
+pub mod graph;
 pub mod model_file;
 pub mod noise;
 pub mod ops;

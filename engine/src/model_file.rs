@@ -98,7 +98,7 @@ impl Model {
         let first = it.next().expect("at least two");
         let mut dens: Vec<EdmDenoiser> = it.map(|m| m.denoiser).collect();
         let Model { config, denoiser, tensors, .. } = first;
-        let first_net = EdmDenoiser { net: denoiser.net, sigma_data: denoiser.sigma_data, compute_dtype: denoiser.compute_dtype };
+        let first_net = EdmDenoiser { net: denoiser.net, sigma_data: denoiser.sigma_data, compute_dtype: denoiser.compute_dtype, graphs: Default::default() };
         dens.insert(0, first_net);
         // `denoiser` keeps a handle on the first stem's network for code that wants one net.
         let composite = IsdmDenoiser { stems: dens };

@@ -57,8 +57,7 @@ pub type Progress<'a> = &'a mut dyn FnMut(usize, usize) -> bool;
 pub const CANCELLED: &str = "cancelled";
 
 fn draw(noise: &mut dyn NoiseSource, shape: &[usize], device: &Device) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    Ok(Tensor::from_vec(noise.draw(n)?, shape, device)?)
+    noise.draw_tensor(shape, device)
 }
 
 /// Runs the sampler on a state of `shape` = `[B, C, T]` and returns the final state.

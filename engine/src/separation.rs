@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 
 use crate::audio::{self, AudioBuffer, AudioReader, OverlapJoin, ResidualStream, StreamResampler};
 use crate::model_file::Model;
-use crate::noise::{window_seed, ItemNoise};
+use crate::noise::{window_seed, DeviceNoise};
 use crate::sampler::SamplerConfig;
 use crate::separator::{self, Likelihood};
 use crate::tasks::{Progress, Settings};
@@ -376,12 +376,12 @@ impl<'m> Pipeline<'m> {
         }
         let y = Tensor::from_vec(data, (n, 1, self.window), &device)?;
         let seeds: Vec<u64> = items.iter().map(|it| window_seed(self.settings.seed, it.window)).collect();
-        let mut noise = ItemNoise::new(&seeds);
+        let mut noise = DeviceNoise::for_items(&device, &seeds)?;
         let calls = self.config.calls();
         self.total_calls = self.total_calls.max(self.done_calls + calls);
         let (before, total) = (self.done_calls, self.total_calls);
         let mut cb = |d: usize, _t: usize| progress(Progress { done: before + d, total });
-        let x = separator::separate(self.model.stems_denoiser(), &y, self.settings.likelihood, &self.config, &mut noise, &mut cb)?;
+        let x = separator::separate(self.model.stems_denoiser(), &y, self.settings.likelihood, &self.config, &mut *noise, &mut cb)?;
         self.done_calls += calls;
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         for (it, stems) in items.iter().zip(x) {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audio::{self, AudioBuffer};
 use crate::model_file::Model;
-use crate::noise::{window_seed, ItemNoise};
+use crate::noise::{window_seed, DeviceNoise};
 use crate::sampler::{self, Posterior, SamplerConfig};
 use crate::schedule::karras;
 use crate::separation;
@@ -404,14 +404,14 @@ fn run_sequential(
         let source = Tensor::from_vec(source, (channels, n, window), &device)?;
         let mask = Tensor::from_vec(mask, (channels, n, window), &device)?;
         let seeds = vec![window_seed(settings.seed, w); channels];
-        let mut noise = ItemNoise::new(&seeds);
+        let mut noise = DeviceNoise::for_items(&device, &seeds)?;
         let mut cb = |d: usize, _t: usize| progress(Progress { done: w * config.calls() + d, total });
         let posterior = if given22.iter().all(Option::is_none) && w == 0 {
             Posterior::Prior
         } else {
             Posterior::Impute { source: &source, mask: &mask }
         };
-        let x = sampler::sample(model.stems_denoiser(), [channels, n, window], &device, &config, &posterior, &mut noise, &mut cb)?;
+        let x = sampler::sample(model.stems_denoiser(), [channels, n, window], &device, &config, &posterior, &mut *noise, &mut cb)?;
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         for (c, stems) in x.into_iter().enumerate() {
             for (s, sig) in stems.into_iter().enumerate() {

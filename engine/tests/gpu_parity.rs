@@ -73,7 +73,7 @@ fn model_on(fx: &Fixture, device: &Device, dtype: DType) -> Model {
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     let a = a.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-    let d = (a - b.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap();
+    let d = (a - b.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap();
     let m: f32 = d.max(0).unwrap().to_scalar().unwrap();
     assert!(m.is_finite(), "non-finite output");
     m
@@ -136,8 +136,13 @@ fn errors(fx: &Fixture, device: &Device, dtype: DType, half_tol: f32) -> Vec<(St
     out
 }
 
+/// The GPU tests take turns: a CUDA graph capture in one test thread must not see another
+/// thread's module loads or allocations (one process runs one inference thread in the product).
+static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn parity_fixtures_on_the_test_device() {
+    let _turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
     let Ok(spec) = std::env::var("MSDM_TEST_DEVICE") else {
         eprintln!("gpu_parity: MSDM_TEST_DEVICE is not set (cuda|metal|cpu); skipped");
         return;
@@ -162,4 +167,117 @@ fn parity_fixtures_on_the_test_device() {
         }
     }
     assert!(failures.is_empty(), "errors above tolerance on {spec}:\n{}", failures.join("\n"));
+}
+
+/// On CUDA the network's calls are replayed from captured graphs (engine/src/graph.rs): replays
+/// with new inputs, at several σ and two batch shapes, must give what eager calls give.
+#[test]
+fn cuda_graph_replays_match_eager_calls() {
+    let _turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    match std::env::var("MSDM_TEST_DEVICE") {
+        Ok(spec) if spec == "cuda" => {}
+        _ => {
+            eprintln!("gpu_parity: MSDM_TEST_DEVICE is not cuda; graph test skipped");
+            return;
+        }
+    }
+    let device = msdm::device::select("cuda").unwrap();
+    let fx = load(&fixture_dirs()[0]);
+    for dtype in [DType::F32, DType::BF16] {
+        let graphed = model_on(&fx, &device, dtype);
+        let eager = model_on(&fx, &device, dtype);
+        eager.denoiser.graphs.disable();
+        let x = fx.cases["denoise.x"].to_device(&device).unwrap();
+        let x2 = Tensor::cat(&[&x, &(&x * -0.5).unwrap()], 0).unwrap();
+        let mut worst = 0f32;
+        for (input, sigma) in [(&x, 0.3f32), (&x, 2.0), (&x2, 0.05), (&x, 0.3), (&x2, 7.0), (&x, 0.01)] {
+            let a = graphed.denoiser.denoise(input, sigma).unwrap();
+            let b = eager.denoiser.denoise(input, sigma).unwrap();
+            worst = worst.max(max_abs(&a, &b));
+        }
+        eprintln!("gpu_parity cuda {dtype:?}: graphs held {}, max abs difference graph vs eager {worst:.2e}", graphed.denoiser.graphs.held());
+        assert_eq!(graphed.denoiser.graphs.held(), 2, "one graph per batch shape");
+        assert_eq!(eager.denoiser.graphs.held(), 0);
+        assert!(worst <= 1e-6, "{dtype:?}: graph replays differ from eager calls by {worst:.2e}");
+    }
+}
+
+/// The fused CUDA kernels (engine/src/ops/cuda.rs) against the CPU ops: GroupNorm with and
+/// without scale/shift (one and several partial sums per group), and convolutions whose columns
+/// come from the im2col kernel (stride 1 and strided, with padding).
+#[test]
+fn cuda_fused_ops_match_the_cpu() {
+    let _turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    match std::env::var("MSDM_TEST_DEVICE") {
+        Ok(spec) if spec == "cuda" => {}
+        _ => {
+            eprintln!("gpu_parity: MSDM_TEST_DEVICE is not cuda; fused-op test skipped");
+            return;
+        }
+    }
+    use msdm::ops;
+    let device = msdm::device::select("cuda").unwrap();
+    let rand = |shape: &[usize], seed: u64| -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec(msdm::noise::SeededNoise::new(seed).standard_normal(n), shape, &Device::Cpu).unwrap()
+    };
+    let mut failures = Vec::new();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        // half types: 2% of the largest output (inputs rounded to 8 or 11 bits)
+        let tol_of = |reference: &Tensor| -> f32 {
+            let top: f32 = reference.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            if dtype == DType::F32 { 1e-4 * top.max(1.0) } else { 2e-2 * top }
+        };
+        let on = |t: &Tensor| t.to_device(&device).unwrap().to_dtype(dtype).unwrap();
+        // shapes: [B, C, L], groups; n = C/G·L from 60 (one partial) to 65,536 (eight)
+        for (b, c, l, g) in [(2, 8, 15, 2), (1, 32, 16384, 8), (3, 16, 1000, 4)] {
+            let x = rand(&[b, c, l], 1).affine(3.0, 0.5).unwrap();
+            let (w, bias) = (rand(&[c], 2), rand(&[c], 3));
+            let (scale, shift) = (rand(&[b, c, 1], 4), rand(&[b, c, 1], 5));
+            for ss in [None, Some((&scale, &shift))] {
+                let cpu = ops::group_norm_scale_shift_silu(&x, g, &w, &bias, ss).unwrap();
+                let (sc, sh) = (on(&scale), on(&shift));
+                let gpu = ops::group_norm_scale_shift_silu(&on(&x), g, &on(&w), &on(&bias), ss.map(|_| (&sc, &sh))).unwrap();
+                let (err, tol) = (max_abs(&gpu, &cpu), tol_of(&cpu));
+                eprintln!("gpu_parity cuda {dtype:?} group norm {b}x{c}x{l} g{g} scale/shift {}: {err:.2e} (tolerance {tol:.1e})", ss.is_some());
+                if err > tol {
+                    failures.push(format!("{dtype:?} group norm {b}x{c}x{l}: {err:.2e}"));
+                }
+            }
+        }
+        for (b, c, l) in [(2, 64, 50), (1, 32, 1024), (1, 1024, 33)] {
+            let x = rand(&[b, c, l], 9).affine(2.0, -1.0).unwrap();
+            for (dim, gains) in [(candle_core::D::Minus2, rand(&[1, c, 1], 10)), (candle_core::D::Minus1, rand(&[l], 11))] {
+                let cpu = ops::layer_norm_no_bias(&x, &gains, dim).unwrap();
+                let gpu = ops::layer_norm_no_bias(&on(&x), &on(&gains), dim).unwrap();
+                let (err, tol) = (max_abs(&gpu, &cpu), tol_of(&cpu));
+                eprintln!("gpu_parity cuda {dtype:?} layer norm {b}x{c}x{l} over {dim:?}: {err:.2e} (tolerance {tol:.1e})");
+                if err > tol {
+                    failures.push(format!("{dtype:?} layer norm {b}x{c}x{l} {dim:?}: {err:.2e}"));
+                }
+            }
+        }
+        {
+            let (q, k, v) = (rand(&[1, 40, 64], 12), rand(&[1, 40, 64], 13), rand(&[1, 40, 64], 14));
+            let cpu = ops::attention(&q, &k, &v, 4).unwrap();
+            let gpu = ops::attention(&on(&q), &on(&k), &on(&v), 4).unwrap();
+            let (err, tol) = (max_abs(&gpu, &cpu), tol_of(&cpu));
+            eprintln!("gpu_parity cuda {dtype:?} attention: {err:.2e} (tolerance {tol:.1e})");
+            if err > tol {
+                failures.push(format!("{dtype:?} attention: {err:.2e}"));
+            }
+        }
+        for (k, s, p, l) in [(3, 1, 1, 100), (1, 1, 0, 64), (9, 4, 4, 256), (5, 2, 2, 38)] {
+            let x = rand(&[2, 6, l], 6);
+            let (w, bias) = ((rand(&[5, 6, k], 7) * 0.3).unwrap(), rand(&[5], 8));
+            let cpu = ops::Conv1d { weight: w.clone(), bias: Some(bias.clone()), stride: s, padding: p }.forward(&x).unwrap();
+            let gpu = ops::Conv1d { weight: on(&w), bias: Some(on(&bias)), stride: s, padding: p }.forward(&on(&x)).unwrap();
+            let (err, tol) = (max_abs(&gpu, &cpu), tol_of(&cpu));
+            eprintln!("gpu_parity cuda {dtype:?} conv k{k} s{s} p{p} L{l}: {err:.2e} (tolerance {tol:.1e})");
+            if err > tol {
+                failures.push(format!("{dtype:?} conv k{k} s{s} p{p}: {err:.2e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "fused CUDA ops differ from the CPU:\n{}", failures.join("\n"));
 }

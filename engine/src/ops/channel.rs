@@ -21,6 +21,10 @@ pub fn add_channel(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     if custom(x, &[s]) {
         return x.contiguous()?.apply_op2(&s.contiguous()?, AddChannel);
     }
+    #[cfg(feature = "cuda")]
+    if let Some(y) = super::cuda::add_channel(x, s)? {
+        return Ok(y);
+    }
     x.broadcast_add(&s.reshape((1, (), 1))?)
 }
 

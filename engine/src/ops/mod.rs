@@ -20,6 +20,8 @@ mod average;
 mod channel;
 mod columns;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod edm_loss;
 mod group_norm;
 mod simd;
@@ -93,6 +95,19 @@ pub mod profile {
 
     static ON: AtomicU8 = AtomicU8::new(0);
     static TABLE: Mutex<BTreeMap<String, (u64, f64)>> = Mutex::new(BTreeMap::new());
+    static SYNC: Mutex<Option<candle_core::Device>> = Mutex::new(None);
+
+    /// Waits for `device` before and after every timed op, so that a GPU's op times are its
+    /// own and not just their launches (slower: no overlap, no CUDA graphs).
+    pub fn sync_with(device: &candle_core::Device) {
+        *SYNC.lock().unwrap_or_else(|e| e.into_inner()) = Some(device.clone());
+    }
+
+    fn sync() {
+        if let Some(d) = SYNC.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = d.synchronize();
+        }
+    }
 
     pub fn enabled() -> bool {
         match ON.load(Ordering::Relaxed) {
@@ -110,8 +125,10 @@ pub mod profile {
         if !enabled() {
             return f();
         }
+        sync();
         let t = Instant::now();
         let r = f();
+        sync();
         let dt = t.elapsed().as_secs_f64();
         let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
         let e = table.entry(name()).or_insert((0, 0.0));
@@ -191,6 +208,10 @@ fn im2col(x: &Tensor, k: usize, pad: usize) -> Result<Tensor> {
     if cpu_f32(x) {
         return columns::im2col(x, k, 1, pad);
     }
+    #[cfg(feature = "cuda")]
+    if let Some(cols) = cuda::im2col(x, k, 1, pad)? {
+        return Ok(cols);
+    }
     let xp = if pad > 0 { x.pad_with_zeros(2, pad, pad)? } else { x.clone() };
     let l_out = l + 2 * pad + 1 - k;
     let taps = (0..k).map(|j| xp.narrow(2, j, l_out)).collect::<Result<Vec<_>>>()?;
@@ -208,6 +229,10 @@ fn im2col_strided(x: &Tensor, k: usize, s: usize, pad: usize) -> Result<Tensor> 
     if cpu_f32(x) {
         return columns::im2col(x, k, s, pad);
     }
+    #[cfg(feature = "cuda")]
+    if let Some(cols) = cuda::im2col(x, k, s, pad)? {
+        return Ok(cols);
+    }
     let l_out = (lp - k) / s + 1;
     // x_pad[o·s + j] = xr[o + j / s, j % s]
     let xr = x.pad_with_zeros(2, pad, pad)?.reshape((b, c, lp / s, s))?;
@@ -223,11 +248,13 @@ fn im2col_strided(x: &Tensor, k: usize, s: usize, pad: usize) -> Result<Tensor> 
 /// gradient over the batch with a slow per-element loop. Where that sum is larger than the
 /// columns and the output together (deep levels: many channels, short time), the batch is folded
 /// into the time axis instead, `w · [cols[0] | cols[1] | …]`, one plain matmul whose weight
-/// gradient is one gemm, at the price of two transposing copies.
+/// gradient is one gemm, at the price of two transposing copies. On a GPU the same fold pays at
+/// inference too: cuBLAS runs B small products (N of 32 to 512) several times slower than one
+/// product B times as wide (the paper network at batch 4 took 5.4 times its batch-1 time).
 fn shared_weight_matmul(w: &Tensor, cols: &Tensor) -> Result<Tensor> {
     let (bsz, k, n) = cols.dims3()?;
     let m = w.dim(0)?;
-    if bsz > 1 && w.track_op() && m * k > (k + m) * n {
+    if bsz > 1 && (w.track_op() || !cols.device().is_cpu()) && m * k > (k + m) * n {
         let folded = cols.transpose(0, 1)?.contiguous()?.reshape((k, bsz * n))?;
         return w.matmul(&folded)?.reshape((m, bsz, n))?.transpose(0, 1)?.contiguous();
     }
@@ -306,9 +333,30 @@ pub struct ConvTranspose1d {
     pub weight: Tensor,
     pub bias: Tensor,
     pub factor: usize,
+    /// The phase matrix of inference weights (they never change), built once: about a dozen
+    /// small kernels per call on a GPU otherwise.
+    phases: std::sync::OnceLock<Tensor>,
 }
 
 impl ConvTranspose1d {
+    /// Weight `[C_in, C_out, 2f]`, bias `[C_out]`, upsampling factor f.
+    pub fn new(weight: Tensor, bias: Tensor, factor: usize) -> Self {
+        Self { weight, bias, factor, phases: std::sync::OnceLock::new() }
+    }
+
+    /// The phase matrix: built at every call for weights that track gradients (training), once
+    /// otherwise.
+    fn phases(&self) -> Result<Tensor> {
+        if self.weight.track_op() {
+            return self.phase_matrix();
+        }
+        if let Some(p) = self.phases.get() {
+            return Ok(p.clone());
+        }
+        let p = self.phase_matrix()?;
+        Ok(self.phases.get_or_init(|| p).clone())
+    }
+
     /// The `[C_out·f, C_in·3]` matrix mapping the three shifted inputs to the f output phases.
     fn phase_matrix(&self) -> Result<Tensor> {
         let (c_in, c_out, k) = self.weight.dims3()?;
@@ -369,7 +417,7 @@ impl ConvTranspose1d {
         let f = self.factor;
         let c_out = self.weight.dim(1)?;
         let cols = im2col(x, 3, 1)?; // [B, C_in·3, L]
-        let y = shared_weight_matmul(&self.phase_matrix()?, &cols)?; // [B, C_out·f, L]
+        let y = shared_weight_matmul(&self.phases()?, &cols)?; // [B, C_out·f, L]
         let y = y.reshape((b, c_out, f, l))?.transpose(2, 3)?.reshape((b, c_out, l * f))?;
         channel::add_channel(&y, &self.bias)
     }
@@ -423,6 +471,10 @@ fn group_norm_dispatch(
         })?;
         return Tensor::from_vec(y, (b, c, l), &Device::Cpu);
     }
+    #[cfg(feature = "cuda")]
+    if let Some(y) = cuda::group_norm_silu(x, groups, weight, bias, scale_shift, NORM_EPS)? {
+        return Ok(y);
+    }
     // Training on the CPU: one op with a hand-written backward.
     if let Some(y) = group_norm::group_norm_silu(x, groups, weight, bias, scale_shift)? {
         return Ok(y);
@@ -458,6 +510,13 @@ pub fn layer_norm_no_bias(x: &Tensor, g: &Tensor, dim: D) -> Result<Tensor> {
 }
 
 fn layer_norm_dispatch(x: &Tensor, g: &Tensor, dim: D) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.rank() == 3 {
+        let d = candle_core::shape::Dim::to_index(&dim, x.shape(), "layer_norm")?;
+        if let Some(y) = cuda::layer_norm(x, g, d, NORM_EPS)? {
+            return Ok(y);
+        }
+    }
     if fast_path(&[x, g]) && x.rank() == 3 {
         let (b, c, l) = x.dims3()?;
         let rank = x.rank();
@@ -509,7 +568,16 @@ pub fn attention_composite(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> 
     let q = (q * (d as f64).powf(-0.5))?;
     let sim = q.matmul(&k.t()?)?;
     let dtype = sim.dtype();
-    let attn = candle_nn::ops::softmax(&sim.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?;
+    #[cfg(feature = "cuda")]
+    let fused = cuda::inference(&sim);
+    #[cfg(not(feature = "cuda"))]
+    let fused = false;
+    let attn = if fused {
+        // one kernel, f32 accumulation, output in the tensor's dtype
+        candle_nn::ops::softmax_last_dim(&sim)?
+    } else {
+        candle_nn::ops::softmax(&sim.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?
+    };
     let out = attn.matmul(&v)?; // [B, H, T, D]
     out.transpose(1, 2)?.reshape((b, t, hd))
 }
@@ -572,7 +640,7 @@ mod tests {
             let w = rand(&[6, 5, 2 * f], 5);
             let b = rand(&[5], 6);
             let p = f / 2 + f % 2;
-            let ours = ConvTranspose1d { weight: w.clone(), bias: b.clone(), factor: f }.forward(&x).unwrap();
+            let ours = ConvTranspose1d::new(w.clone(), b.clone(), f).forward(&x).unwrap();
             assert_eq!(ours.dims(), &[2, 5, 16 * f]);
             for i in 0..2 {
                 let xi = x.narrow(0, i, 1).unwrap();
@@ -726,7 +794,7 @@ mod tests {
             let x = rand(&[2, 6, l], 40 + f as u64);
             let w = rand(&[6, 5, 2 * f], 41 + l as u64);
             let b = rand(&[5], 42);
-            let up = ConvTranspose1d { weight: plain(&w), bias: b.clone(), factor: f };
+            let up = ConvTranspose1d::new(plain(&w), b.clone(), f);
             let fast = up.forward_fast(&x).unwrap();
             let comp = up.forward_composite(&x).unwrap();
             assert_eq!(fast.dims(), &[2, 5, l * f]);
@@ -855,7 +923,7 @@ mod timing {
         }
         for (ci, co, f, l) in [(128, 64, 4, 1024), (256, 256, 2, 64)] {
             let x = rand(&[1, ci, l], 1);
-            let up = ConvTranspose1d { weight: rand(&[ci, co, 2 * f], 2), bias: rand(&[co], 3), factor: f };
+            let up = ConvTranspose1d::new(rand(&[ci, co, 2 * f], 2), rand(&[co], 3), f);
             let ms = time(&|| {
                 up.forward(&x).unwrap();
             });

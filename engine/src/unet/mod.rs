@@ -128,11 +128,11 @@ impl UNet1d {
             } else {
                 let sp = su.pp("upsample");
                 let fan_in = co * 2 * f; // PyTorch's ConvTranspose fan-in uses weight.size(1)·k
-                Upsample::Transposed(ops::ConvTranspose1d {
-                    weight: sp.get("weight", &[ci, co, 2 * f], Init::FanIn(fan_in))?,
-                    bias: sp.get("bias", &[co], Init::FanIn(fan_in))?,
-                    factor: f,
-                })
+                Upsample::Transposed(ops::ConvTranspose1d::new(
+                    sp.get("weight", &[ci, co, 2 * f], Init::FanIn(fan_in))?,
+                    sp.get("bias", &[co], Init::FanIn(fan_in))?,
+                    f,
+                ))
             };
             upsamples.push(UpLevel { blocks, transformer, upsample });
         }
