@@ -1,6 +1,6 @@
 //! The score network replayed as one CUDA graph.
 //!
-//! One call of the paper's network is over a thousand small kernels, each launched from the host
+//! One call of the paper's network is about 900 kernels, each launched from the host
 //! by candle. On an H100 the launches, not the arithmetic, set the pace: about 30 ms per call
 //! whatever the input length (docs/gpu.md). So on CUDA the network's first call for an input
 //! shape runs eagerly once (to warm cuBLAS and candle's cache of small host-to-device uploads),
