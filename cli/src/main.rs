@@ -208,7 +208,19 @@ fn configure_allocator() {
     }
 }
 
+/// `msdm info model.safetensors | head -1` should end quietly when the reader goes away, as Unix
+/// tools do, instead of panicking on a broken pipe (Rust ignores SIGPIPE unless told otherwise).
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal, first thing in main, before any
+    // other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    restore_sigpipe();
     configure_allocator();
     // candle's element-wise ops otherwise run on their own spin-waiting pool beside rayon's.
     msdm::ops::configure_cpu_threads();

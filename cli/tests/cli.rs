@@ -210,3 +210,22 @@ fn synth_data_then_evaluate_with_the_paper_protocol() {
     let err = fails(&["eval", "--data", s(tmp.path()), "--model", s(&model)]);
     assert!(err.contains("test"), "{err}");
 }
+
+/// A reader that stops early (`msdm info model | head -1`) ends `msdm` quietly, with no panic.
+#[test]
+#[cfg(unix)]
+fn closed_stdout_is_not_a_panic() {
+    use std::process::Stdio;
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/msdm-small.safetensors");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msdm"))
+        .arg("info")
+        .arg(&bundled)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run msdm");
+    drop(child.stdout.take()); // the reader goes away before msdm writes
+    let out = child.wait_with_output().expect("wait for msdm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "msdm info panicked on a closed stdout:\n{err}");
+}
