@@ -239,11 +239,14 @@ fn seconds_per_call(model: &Model, items: usize, settings: &Settings) -> Result<
     }
     let y = Tensor::zeros((items, 1, model.window()), candle_core::DType::F32, model.device())?;
     let steps = |n: usize| Settings { steps: n, resamples: 1, ..settings.clone() }.sampler_config();
-    let mut noise = crate::noise::SeededNoise::new(0);
-    let mut run = |n: usize| separator::separate(model.stems_denoiser(), &y, settings.likelihood, &steps(n), &mut noise, &mut |_, _| true);
-    run(1)?; // warm-up
+    // the noise a real run uses (on a GPU: drawn on the device; host noise would dominate there)
+    let mut noise = DeviceNoise::for_items(model.device(), &vec![0; items])?;
+    let mut run = |n: usize| separator::separate(model.stems_denoiser(), &y, settings.likelihood, &steps(n), &mut *noise, &mut |_, _| true);
+    run(1)?; // warm-up (on CUDA it also captures the network's graph)
+    model.device().synchronize()?;
     let t = Instant::now();
     run(3)?;
+    model.device().synchronize()?; // GPU work is queued: wait for it
     let s = t.elapsed().as_secs_f64() / 3.0;
     if let Ok(mut c) = CACHE.lock() {
         c.get_or_insert_with(HashMap::new).insert(key, s);

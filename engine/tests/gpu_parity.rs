@@ -258,6 +258,16 @@ fn cuda_fused_ops_match_the_cpu() {
             }
         }
         {
+            let (x, skip) = (rand(&[2, 6, 300], 15), rand(&[2, 4, 300], 16));
+            let cpu = ops::cat_scaled(&x, &skip, std::f64::consts::FRAC_1_SQRT_2).unwrap();
+            let gpu = ops::cat_scaled(&on(&x), &on(&skip), std::f64::consts::FRAC_1_SQRT_2).unwrap();
+            let (err, tol) = (max_abs(&gpu, &cpu), tol_of(&cpu));
+            eprintln!("gpu_parity cuda {dtype:?} scaled skip concatenation: {err:.2e} (tolerance {tol:.1e})");
+            if err > tol {
+                failures.push(format!("{dtype:?} cat_scaled: {err:.2e}"));
+            }
+        }
+        {
             let (q, k, v) = (rand(&[1, 40, 64], 12), rand(&[1, 40, 64], 13), rand(&[1, 40, 64], 14));
             let cpu = ops::attention(&q, &k, &v, 4).unwrap();
             let gpu = ops::attention(&on(&q), &on(&k), &on(&v), 4).unwrap();

@@ -107,9 +107,12 @@ impl GroupNormSilu {
         let (b, c, l) = layout.shape().dims3()?;
         let dtype = self.weight.dtype();
         let n = (c / self.groups) * l;
+        let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
+        if n <= SINGLE_BLOCK_GROUP {
+            return self.run_single(dev, &x, b, c, l);
+        }
         // enough blocks to fill the GPU for the deep levels' short groups too
         let splits = (n / 2048).clamp(1, 64);
-        let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
         // every partial sum is written by pass 1
         let mut partial = unsafe { dev.alloc::<f32>(b * self.groups * splits * 2) }?;
         let stream = dev.cuda_stream();
@@ -140,6 +143,44 @@ impl GroupNormSilu {
                         }
                     }
                     args.arg(y).arg(&c32).arg(&g32).arg(&l32).arg(&s32).arg(&self.eps);
+                    unsafe { args.launch(cfg) }.map_err(launch_err)?;
+                    Ok(())
+                };
+                match &self.scale_shift {
+                    Some((sc, sh)) => with_slice::<T, _>(sc, |sc| with_slice::<T, _>(sh, |sh| launch(Some((&sc, &sh)), &mut y))),
+                    None => launch(None, &mut y),
+                }
+            })
+        })?;
+        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    }
+}
+
+/// Groups of at most this many values are normalised by one block in one kernel.
+const SINGLE_BLOCK_GROUP: usize = 16_384;
+
+impl GroupNormSilu {
+    fn run_single<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, b: usize, c: usize, l: usize) -> Result<CudaStorage> {
+        let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
+        let stream = dev.cuda_stream();
+        let f = func(dev, "gn_single", self.weight.dtype())?;
+        let (c32, g32, l32) = (c as u32, self.groups as u32, l as u32);
+        let cfg = LaunchConfig { grid_dim: ((b * self.groups) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        with_slice::<T, _>(&self.weight, |w| {
+            with_slice::<T, _>(&self.bias, |bias| {
+                let launch = |ss: Option<(&CudaView<'_, T>, &CudaView<'_, T>)>, y: &mut CudaSlice<T>| -> Result<()> {
+                    let mut args = stream.launch_builder(&f);
+                    let null: u64 = 0;
+                    args.arg(x).arg(&w).arg(&bias);
+                    match ss {
+                        Some((sc, sh)) => {
+                            args.arg(sc).arg(sh);
+                        }
+                        None => {
+                            args.arg(&null).arg(&null);
+                        }
+                    }
+                    args.arg(y).arg(&c32).arg(&g32).arg(&l32).arg(&self.eps);
                     unsafe { args.launch(cfg) }.map_err(launch_err)?;
                     Ok(())
                 };
@@ -355,5 +396,55 @@ impl CustomOp1 for AddChannel {
             _ => candle_core::bail!("msdm-add-channel: unsupported dtype {:?}", s.dtype()),
         };
         Ok((out, l.shape().clone()))
+    }
+}
+
+/// `[x, skip · scale]` along the channels of two `[B, C, L]` tensors, or `None`.
+pub fn cat_scaled(x: &Tensor, skip: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    if !applies(&[x, skip]) || x.rank() != 3 || skip.rank() != 3 || x.dim(0)? != skip.dim(0)? || x.dim(2)? != skip.dim(2)? {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op2_no_bwd(&skip.contiguous()?, &CatScaled { scale: scale as f32 })?))
+}
+
+struct CatScaled {
+    scale: f32,
+}
+
+impl CatScaled {
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, lx: &Layout, s: &CudaSlice<T>, ls: &Layout, dtype: DType) -> Result<(CudaStorage, Shape)> {
+        let (b, c1, l) = lx.shape().dims3()?;
+        let c2 = ls.shape().dims3()?.1;
+        let x = x.slice(lx.start_offset()..lx.start_offset() + b * c1 * l);
+        let s = s.slice(ls.start_offset()..ls.start_offset() + b * c2 * l);
+        let mut y = unsafe { dev.alloc::<T>(b * (c1 + c2) * l) }?;
+        let f = func(dev, "cat_scaled", dtype)?;
+        let stream = dev.cuda_stream();
+        let mut args = stream.launch_builder(&f);
+        let (c1_32, c2_32, l32) = (c1 as u32, c2 as u32, l as u32);
+        args.arg(&x).arg(&s).arg(&mut y).arg(&c1_32).arg(&c2_32).arg(&l32).arg(&self.scale);
+        let cfg = LaunchConfig { grid_dim: (l.div_ceil(1024) as u32, (b * (c1 + c2)) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        unsafe { args.launch(cfg) }.map_err(launch_err)?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((b, c1 + c2, l))))
+    }
+}
+
+impl candle_core::CustomOp2 for CatScaled {
+    fn name(&self) -> &'static str {
+        "msdm-cat-scaled"
+    }
+
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("msdm-cat-scaled runs on CUDA only")
+    }
+
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device();
+        match (&s1.slice, &s2.slice) {
+            (CudaStorageSlice::F32(x), CudaStorageSlice::F32(s)) => self.run(dev, x, l1, s, l2, DType::F32),
+            (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(s)) => self.run(dev, x, l1, s, l2, DType::BF16),
+            (CudaStorageSlice::F16(x), CudaStorageSlice::F16(s)) => self.run(dev, x, l1, s, l2, DType::F16),
+            _ => candle_core::bail!("msdm-cat-scaled: unsupported dtypes {:?} / {:?}", s1.dtype(), s2.dtype()),
+        }
     }
 }

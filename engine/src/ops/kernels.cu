@@ -109,6 +109,64 @@ __device__ void gn_apply(const T *x, const float *partial, const T *weight, cons
     }
 }
 
+// GroupNorm + affine + optional scale/shift + SiLU in one kernel, for groups short enough for one
+// block (blockIdx.x = b · groups + g): statistics over the group, then the normalised values.
+template <typename T>
+__device__ void gn_single(const T *x, const T *weight, const T *bias, const T *scale, const T *shift, T *y,
+                          uint32_t channels, uint32_t groups, uint32_t len, float eps) {
+    __shared__ float stats[2];
+    const uint64_t g = blockIdx.x;
+    const uint32_t per_group = channels / groups;
+    const uint64_t n = (uint64_t)per_group * len;
+    const T *xg = x + g * n;
+    T *yg = y + g * n;
+    const float x0 = to_f(xg[0]);
+    float s = 0.f, s2 = 0.f;
+    for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = to_f(xg[i]) - x0;
+        s += v;
+        s2 += v * v;
+    }
+    block_sum2(s, s2);
+    if (threadIdx.x == 0) {
+        const float m = s / (float)n;
+        stats[0] = x0 + m;
+        stats[1] = rsqrtf(fmaxf(s2 / (float)n - m * m, 0.f) + eps);
+    }
+    __syncthreads();
+    const float mean = stats[0], rstd = stats[1];
+    const uint64_t b = g / groups;
+    const uint32_t c0 = (g % groups) * per_group;
+    for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const uint32_t c = c0 + i / len;
+        float a = to_f(weight[c]) * rstd;
+        float bb = to_f(bias[c]) - mean * a;
+        if (scale != nullptr) {
+            const float k = to_f(scale[b * channels + c]) + 1.f;
+            a *= k;
+            bb = bb * k + to_f(shift[b * channels + c]);
+        }
+        const float h = to_f(xg[i]) * a + bb;
+        yg[i] = from_f<T>(h / (1.f + __expf(-h)));
+    }
+}
+
+// [x, skip · scale] along the channels: x [B, C1, L], skip [B, C2, L] → y [B, C1 + C2, L].
+template <typename T>
+__device__ void cat_scaled(const T *x, const T *skip, T *y, uint32_t c1, uint32_t c2, uint32_t len, float scale) {
+    const uint64_t row = blockIdx.y;  // b · (C1 + C2) + c
+    const uint64_t b = row / (c1 + c2);
+    const uint32_t c = row % (c1 + c2);
+    const uint32_t base = blockIdx.x * blockDim.x * 4 + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const uint32_t t = base + k * blockDim.x;
+        if (t >= len) continue;
+        y[row * len + t] = c < c1 ? x[(b * c1 + c) * len + t]
+                                  : from_f<T>(to_f(skip[(b * c2 + (c - c1)) * len + t]) * scale);
+    }
+}
+
 // Columns of a 1-D convolution: x [B, C, L] → cols [B, C·K, L_out] with
 // cols[b, c·K + j, o] = x[b, c, o·S + j − P] (zero outside the input).
 template <typename T>
@@ -229,6 +287,15 @@ __device__ void add_channel(const T *x, const T *bias, T *y, uint32_t channels, 
     extern "C" __global__ void ln_channels_##SUFFIX(const T *x, const T *g, T *y, uint32_t channels,          \
                                                     uint32_t len, float eps) {                               \
         ln_channels<T>(x, g, y, channels, len, eps);                                                         \
+    }                                                                                                        \
+    extern "C" __global__ void gn_single_##SUFFIX(const T *x, const T *weight, const T *bias, const T *scale, \
+                                                  const T *shift, T *y, uint32_t channels, uint32_t groups,  \
+                                                  uint32_t len, float eps) {                                 \
+        gn_single<T>(x, weight, bias, scale, shift, y, channels, groups, len, eps);                          \
+    }                                                                                                        \
+    extern "C" __global__ void cat_scaled_##SUFFIX(const T *x, const T *skip, T *y, uint32_t c1, uint32_t c2, \
+                                                   uint32_t len, float scale) {                              \
+        cat_scaled<T>(x, skip, y, c1, c2, len, scale);                                                       \
     }                                                                                                        \
     extern "C" __global__ void add_channel_##SUFFIX(const T *x, const T *bias, T *y, uint32_t channels,      \
                                                     uint32_t len) {                                          \

@@ -582,6 +582,18 @@ pub fn attention_composite(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> 
     out.transpose(1, 2)?.reshape((b, t, hd))
 }
 
+/// `[x, skip · scale]` along the channels (a U-Net skip connection, scaled).
+pub fn cat_scaled(x: &Tensor, skip: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(y) = cuda::cat_scaled(x, skip, scale)? {
+        return Ok(y);
+    }
+    if scale == 1.0 {
+        return Tensor::cat(&[x, skip], 1);
+    }
+    Tensor::cat(&[x, &(skip * scale)?], 1)
+}
+
 /// `[B, C, L]` → `[B, C·p, L/p]` with `out[c·p + i, l] = x[c, l·p + i]`.
 pub fn patch(x: &Tensor, p: usize) -> Result<Tensor> {
     profile::time(|| format!("patch {:?}", x.dims()), || patch_composite(x, p))

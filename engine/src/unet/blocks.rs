@@ -82,10 +82,11 @@ impl ResnetBlock {
         })
     }
 
-    /// `mapping`: `[B, mapping_features]`.
+    /// `mapping`: SiLU of the σ mapping, `[B, mapping_features]` (the reference's
+    /// `to_scale_shift` is SiLU → Linear; the network applies the SiLU once for all blocks).
     pub fn forward(&self, x: &Tensor, mapping: &Tensor) -> Result<Tensor> {
         let h = self.block1.forward(x, None)?;
-        let ss = self.to_scale_shift.forward(&ops::silu(mapping)?)?.unsqueeze(2)?; // [B, 2C, 1]
+        let ss = self.to_scale_shift.forward(mapping)?.unsqueeze(2)?; // [B, 2C, 1]
         let c = ss.dim(1)? / 2;
         let (scale, shift) = (ss.narrow(1, 0, c)?, ss.narrow(1, c, c)?);
         let h = self.block2.forward(&h, Some((&scale, &shift)))?;

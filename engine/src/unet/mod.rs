@@ -196,7 +196,9 @@ impl UNet1d {
         if t % mult != 0 {
             candle_core::bail!("input length {t} is not a multiple of the model's length multiple {mult}");
         }
-        let mapping = self.mapping(c_noise)?;
+        // Every ResnetBlock reads the mapping through SiLU (`to_scale_shift` = SiLU → Linear):
+        // applied once here instead of once per block.
+        let mapping = ops::silu(&self.mapping(c_noise)?)?;
         let pf = self.config.patch_factor;
         let skip_scale = if self.config.use_skip_scale { std::f64::consts::FRAC_1_SQRT_2 } else { 1.0 };
 
@@ -228,7 +230,7 @@ impl UNet1d {
             let mut ls = skips.pop().expect("one skip list per level");
             for b in &level.blocks {
                 let skip = ls.pop().expect("one skip per block");
-                x = b.forward(&Tensor::cat(&[&x, &(skip * skip_scale)?], 1)?, &mapping)?;
+                x = b.forward(&ops::cat_scaled(&x, &skip, skip_scale)?, &mapping)?;
             }
             if let Some(tr) = &level.transformer {
                 x = tr.forward(&x)?;
