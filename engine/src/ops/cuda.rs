@@ -69,6 +69,35 @@ fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("msdm CUDA kernel: {e}"))
 }
 
+/// A fused kernel over one CUDA tensor of any float dtype: `run` returns the output and its shape.
+trait Kernel {
+    const NAME: &'static str;
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, dtype: DType) -> Result<(CudaStorage, Shape)>;
+}
+
+/// A [`Kernel`] as a candle custom op (forward only, CUDA only).
+struct Op<K>(K);
+
+impl<K: Kernel> CustomOp1 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("{} runs on CUDA only", K::NAME)
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        match &s.slice {
+            CudaStorageSlice::F32(x) => self.0.run(dev, x, l, DType::F32),
+            CudaStorageSlice::BF16(x) => self.0.run(dev, x, l, DType::BF16),
+            CudaStorageSlice::F16(x) => self.0.run(dev, x, l, DType::F16),
+            _ => candle_core::bail!("{}: unsupported dtype {:?}", K::NAME, s.dtype()),
+        }
+    }
+}
+
 /// GroupNorm + weight/bias + optional `(scale, shift)` (`[B, C, 1]`) + SiLU, or `None`.
 pub fn group_norm_silu(
     x: &Tensor,
@@ -91,7 +120,7 @@ pub fn group_norm_silu(
         None => None,
     };
     let op = GroupNormSilu { groups, weight: weight.flatten_all()?, bias: bias.flatten_all()?, scale_shift: ss, eps: eps as f32 };
-    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&Op(op))?))
 }
 
 struct GroupNormSilu {
@@ -102,14 +131,16 @@ struct GroupNormSilu {
     eps: f32,
 }
 
-impl GroupNormSilu {
-    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout) -> Result<CudaStorage> {
+impl Kernel for GroupNormSilu {
+    const NAME: &'static str = "msdm-group-norm-silu";
+
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, _: DType) -> Result<(CudaStorage, Shape)> {
         let (b, c, l) = layout.shape().dims3()?;
         let dtype = self.weight.dtype();
         let n = (c / self.groups) * l;
         let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
         if n <= SINGLE_BLOCK_GROUP {
-            return self.run_single(dev, &x, b, c, l);
+            return Ok((self.run_single(dev, &x, b, c, l)?, layout.shape().clone()));
         }
         // enough blocks to fill the GPU for the deep levels' short groups too
         let splits = (n / 2048).clamp(1, 64);
@@ -124,35 +155,9 @@ impl GroupNormSilu {
             let cfg = LaunchConfig { grid_dim: (splits as u32, (b * self.groups) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             unsafe { args.launch(cfg) }.map_err(launch_err)?;
         }
-        let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
-        with_slice::<T, _>(&self.weight, |w| {
-            with_slice::<T, _>(&self.bias, |bias| {
-                let f = func(dev, "gn_apply", dtype)?;
-                let (c32, g32, l32, s32) = (c as u32, self.groups as u32, l as u32, splits as u32);
-                let cfg = LaunchConfig { grid_dim: (l.div_ceil(1024) as u32, (b * c) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-                let launch = |scale: Option<(&CudaView<'_, T>, &CudaView<'_, T>)>, y: &mut CudaSlice<T>| -> Result<()> {
-                    let mut args = stream.launch_builder(&f);
-                    let null: u64 = 0;
-                    args.arg(&x).arg(&partial).arg(&w).arg(&bias);
-                    match scale {
-                        Some((sc, sh)) => {
-                            args.arg(sc).arg(sh);
-                        }
-                        None => {
-                            args.arg(&null).arg(&null);
-                        }
-                    }
-                    args.arg(y).arg(&c32).arg(&g32).arg(&l32).arg(&s32).arg(&self.eps);
-                    unsafe { args.launch(cfg) }.map_err(launch_err)?;
-                    Ok(())
-                };
-                match &self.scale_shift {
-                    Some((sc, sh)) => with_slice::<T, _>(sc, |sc| with_slice::<T, _>(sh, |sh| launch(Some((&sc, &sh)), &mut y))),
-                    None => launch(None, &mut y),
-                }
-            })
-        })?;
-        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        let cfg = LaunchConfig { grid_dim: (l.div_ceil(1024) as u32, (b * c) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let y = self.normalise(dev, "gn_apply", cfg, &x, Some((&partial, splits)), b, c, l)?;
+        Ok((y, layout.shape().clone()))
     }
 }
 
@@ -161,59 +166,57 @@ const SINGLE_BLOCK_GROUP: usize = 16_384;
 
 impl GroupNormSilu {
     fn run_single<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, b: usize, c: usize, l: usize) -> Result<CudaStorage> {
-        let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
-        let stream = dev.cuda_stream();
-        let f = func(dev, "gn_single", self.weight.dtype())?;
-        let (c32, g32, l32) = (c as u32, self.groups as u32, l as u32);
         let cfg = LaunchConfig { grid_dim: ((b * self.groups) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        self.normalise(dev, "gn_single", cfg, x, None, b, c, l)
+    }
+
+    /// Launches a normalising kernel (`gn_apply` with pass 1's partial sums, or `gn_single`);
+    /// both take (x, partial, weight, bias, scale, shift, y, channels, groups, len, splits, eps),
+    /// null pointers for an absent scale/shift or partial sums.
+    #[allow(clippy::too_many_arguments)]
+    fn normalise<T: CudaDType + DeviceRepr>(
+        &self,
+        dev: &CudaDevice,
+        kernel: &str,
+        cfg: LaunchConfig,
+        x: &CudaView<'_, T>,
+        partial: Option<(&CudaSlice<f32>, usize)>,
+        b: usize,
+        c: usize,
+        l: usize,
+    ) -> Result<CudaStorage> {
+        let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
+        let f = func(dev, kernel, self.weight.dtype())?;
+        let stream = dev.cuda_stream();
+        let (c32, g32, l32) = (c as u32, self.groups as u32, l as u32);
+        let splits = partial.map_or(0, |(_, n)| n as u32);
+        let null: u64 = 0;
+        let launch = |scale_shift: Option<(&CudaView<'_, T>, &CudaView<'_, T>)>, w: &CudaView<'_, T>, bias: &CudaView<'_, T>, y: &mut CudaSlice<T>| -> Result<()> {
+            let mut args = stream.launch_builder(&f);
+            args.arg(x);
+            match partial {
+                Some((p, _)) => args.arg(p),
+                None => args.arg(&null),
+            };
+            args.arg(w).arg(bias);
+            match scale_shift {
+                Some((sc, sh)) => args.arg(sc).arg(sh),
+                None => args.arg(&null).arg(&null),
+            };
+            args.arg(y).arg(&c32).arg(&g32).arg(&l32).arg(&splits).arg(&self.eps);
+            unsafe { args.launch(cfg) }.map_err(launch_err)?;
+            Ok(())
+        };
         with_slice::<T, _>(&self.weight, |w| {
-            with_slice::<T, _>(&self.bias, |bias| {
-                let launch = |ss: Option<(&CudaView<'_, T>, &CudaView<'_, T>)>, y: &mut CudaSlice<T>| -> Result<()> {
-                    let mut args = stream.launch_builder(&f);
-                    let null: u64 = 0;
-                    args.arg(x).arg(&w).arg(&bias);
-                    match ss {
-                        Some((sc, sh)) => {
-                            args.arg(sc).arg(sh);
-                        }
-                        None => {
-                            args.arg(&null).arg(&null);
-                        }
-                    }
-                    args.arg(y).arg(&c32).arg(&g32).arg(&l32).arg(&self.eps);
-                    unsafe { args.launch(cfg) }.map_err(launch_err)?;
-                    Ok(())
-                };
-                match &self.scale_shift {
-                    Some((sc, sh)) => with_slice::<T, _>(sc, |sc| with_slice::<T, _>(sh, |sh| launch(Some((&sc, &sh)), &mut y))),
-                    None => launch(None, &mut y),
-                }
+            with_slice::<T, _>(&self.bias, |bias| match &self.scale_shift {
+                Some((sc, sh)) => with_slice::<T, _>(sc, |sc| with_slice::<T, _>(sh, |sh| launch(Some((&sc, &sh)), &w, &bias, &mut y))),
+                None => launch(None, &w, &bias, &mut y),
             })
         })?;
         Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
     }
 }
 
-impl CustomOp1 for GroupNormSilu {
-    fn name(&self) -> &'static str {
-        "msdm-group-norm-silu"
-    }
-
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("msdm-group-norm-silu runs on CUDA only")
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let dev = s.device();
-        let out = match &s.slice {
-            CudaStorageSlice::F32(x) => self.run(dev, x, l)?,
-            CudaStorageSlice::BF16(x) => self.run(dev, x, l)?,
-            CudaStorageSlice::F16(x) => self.run(dev, x, l)?,
-            _ => candle_core::bail!("msdm-group-norm-silu: unsupported dtype {:?}", s.dtype()),
-        };
-        Ok((out, l.shape().clone()))
-    }
-}
 
 /// The columns of a convolution with kernel `k`, stride `s` and padding `pad`
 /// (`[B, C, L]` → `[B, C·k, L_out]`, row `c·k + j`), or `None`.
@@ -221,7 +224,7 @@ pub fn im2col(x: &Tensor, k: usize, s: usize, pad: usize) -> Result<Option<Tenso
     if !applies(&[x]) || x.rank() != 3 {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&Columns { k, s, pad })?))
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&Op(Columns { k, s, pad }))?))
 }
 
 struct Columns {
@@ -230,7 +233,9 @@ struct Columns {
     pad: usize,
 }
 
-impl Columns {
+impl Kernel for Columns {
+    const NAME: &'static str = "msdm-im2col";
+
     fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, dtype: DType) -> Result<(CudaStorage, Shape)> {
         let (b, c, l) = layout.shape().dims3()?;
         if l + 2 * self.pad < self.k || self.s == 0 {
@@ -255,25 +260,6 @@ impl Columns {
     }
 }
 
-impl CustomOp1 for Columns {
-    fn name(&self) -> &'static str {
-        "msdm-im2col"
-    }
-
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("msdm-im2col runs on CUDA only")
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let dev = s.device();
-        match &s.slice {
-            CudaStorageSlice::F32(x) => self.run(dev, x, l, DType::F32),
-            CudaStorageSlice::BF16(x) => self.run(dev, x, l, DType::BF16),
-            CudaStorageSlice::F16(x) => self.run(dev, x, l, DType::F16),
-            _ => candle_core::bail!("msdm-im2col: unsupported dtype {:?}", s.dtype()),
-        }
-    }
-}
 
 /// LayerNorm without bias over dimension `dim` (1: the channels of `[B, C, L]`, 2: the last) of a
 /// rank-3 tensor, `g` holding that dimension's gains, or `None`.
@@ -281,7 +267,7 @@ pub fn layer_norm(x: &Tensor, g: &Tensor, dim: usize, eps: f64) -> Result<Option
     if !applies(&[x, g]) || x.rank() != 3 || !(dim == 1 || dim == 2) || g.elem_count() != x.dim(dim)? {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&LayerNorm { g: g.flatten_all()?, channels: dim == 1, eps: eps as f32 })?))
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&Op(LayerNorm { g: g.flatten_all()?, channels: dim == 1, eps: eps as f32 }))?))
 }
 
 struct LayerNorm {
@@ -290,8 +276,10 @@ struct LayerNorm {
     eps: f32,
 }
 
-impl LayerNorm {
-    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout) -> Result<CudaStorage> {
+impl Kernel for LayerNorm {
+    const NAME: &'static str = "msdm-layer-norm";
+
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, _: DType) -> Result<(CudaStorage, Shape)> {
         let (b, c, l) = layout.shape().dims3()?;
         let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
         let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
@@ -316,30 +304,10 @@ impl LayerNorm {
             }
             Ok(())
         })?;
-        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), layout.shape().clone()))
     }
 }
 
-impl CustomOp1 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "msdm-layer-norm"
-    }
-
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("msdm-layer-norm runs on CUDA only")
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let dev = s.device();
-        let out = match &s.slice {
-            CudaStorageSlice::F32(x) => self.run(dev, x, l)?,
-            CudaStorageSlice::BF16(x) => self.run(dev, x, l)?,
-            CudaStorageSlice::F16(x) => self.run(dev, x, l)?,
-            _ => candle_core::bail!("msdm-layer-norm: unsupported dtype {:?}", s.dtype()),
-        };
-        Ok((out, l.shape().clone()))
-    }
-}
 
 /// Whether `x` is on CUDA, tracks no gradient and the fused kernels are on: the attention's
 /// softmax may then run in the tensor's own dtype (candle's CUDA softmax accumulates in f32).
@@ -352,15 +320,17 @@ pub fn add_channel(x: &Tensor, bias: &Tensor) -> Result<Option<Tensor>> {
     if !applies(&[x, bias]) || x.rank() != 3 || bias.elem_count() != x.dim(1)? {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&AddChannel { bias: bias.flatten_all()? })?))
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&Op(AddChannel { bias: bias.flatten_all()? }))?))
 }
 
 struct AddChannel {
     bias: Tensor,
 }
 
-impl AddChannel {
-    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout) -> Result<CudaStorage> {
+impl Kernel for AddChannel {
+    const NAME: &'static str = "msdm-add-channel";
+
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, _: DType) -> Result<(CudaStorage, Shape)> {
         let (b, c, l) = layout.shape().dims3()?;
         let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
         let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
@@ -374,30 +344,10 @@ impl AddChannel {
             unsafe { args.launch(cfg) }.map_err(launch_err)?;
             Ok(())
         })?;
-        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), layout.shape().clone()))
     }
 }
 
-impl CustomOp1 for AddChannel {
-    fn name(&self) -> &'static str {
-        "msdm-add-channel"
-    }
-
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("msdm-add-channel runs on CUDA only")
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let dev = s.device();
-        let out = match &s.slice {
-            CudaStorageSlice::F32(x) => self.run(dev, x, l)?,
-            CudaStorageSlice::BF16(x) => self.run(dev, x, l)?,
-            CudaStorageSlice::F16(x) => self.run(dev, x, l)?,
-            _ => candle_core::bail!("msdm-add-channel: unsupported dtype {:?}", s.dtype()),
-        };
-        Ok((out, l.shape().clone()))
-    }
-}
 
 /// `[x, skip · scale]` along the channels of two `[B, C, L]` tensors, or `None`.
 pub fn cat_scaled(x: &Tensor, skip: &Tensor, scale: f64) -> Result<Option<Tensor>> {

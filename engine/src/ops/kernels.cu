@@ -35,6 +35,29 @@ __device__ __forceinline__ void block_sum2(float &a, float &b) {
     }
 }
 
+// Mean and 1/√(var + eps) of x[0, n), computed by the whole block from sums shifted by x[0] (less
+// cancellation); every thread gets them.
+template <typename T>
+__device__ void block_stats(const T *x, uint64_t n, float eps, float &mean, float &rstd) {
+    __shared__ float stats[2];
+    const float x0 = to_f(x[0]);
+    float s = 0.f, s2 = 0.f;
+    for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = to_f(x[i]) - x0;
+        s += v;
+        s2 += v * v;
+    }
+    block_sum2(s, s2);
+    if (threadIdx.x == 0) {
+        const float m = s / (float)n;
+        stats[0] = x0 + m;
+        stats[1] = rsqrtf(fmaxf(s2 / (float)n - m * m, 0.f) + eps);
+    }
+    __syncthreads();
+    mean = stats[0];
+    rstd = stats[1];
+}
+
 // GroupNorm, pass 1. Group g (blockIdx.y, over batch × groups) is `n` contiguous values; block
 // blockIdx.x of `splits` sums its chunk, shifted by the group's first value (less cancellation):
 // partial[(g · splits + split) · 2 + {0, 1}] = Σ (x − x₀), Σ (x − x₀)².
@@ -110,31 +133,18 @@ __device__ void gn_apply(const T *x, const float *partial, const T *weight, cons
 }
 
 // GroupNorm + affine + optional scale/shift + SiLU in one kernel, for groups short enough for one
-// block (blockIdx.x = b · groups + g): statistics over the group, then the normalised values.
+// block (blockIdx.x = b · groups + g): statistics over the group, then the normalised values. Its
+// entry point takes gn_apply's parameters, leaving the partial sums and split count unused.
 template <typename T>
 __device__ void gn_single(const T *x, const T *weight, const T *bias, const T *scale, const T *shift, T *y,
                           uint32_t channels, uint32_t groups, uint32_t len, float eps) {
-    __shared__ float stats[2];
     const uint64_t g = blockIdx.x;
     const uint32_t per_group = channels / groups;
     const uint64_t n = (uint64_t)per_group * len;
     const T *xg = x + g * n;
     T *yg = y + g * n;
-    const float x0 = to_f(xg[0]);
-    float s = 0.f, s2 = 0.f;
-    for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = to_f(xg[i]) - x0;
-        s += v;
-        s2 += v * v;
-    }
-    block_sum2(s, s2);
-    if (threadIdx.x == 0) {
-        const float m = s / (float)n;
-        stats[0] = x0 + m;
-        stats[1] = rsqrtf(fmaxf(s2 / (float)n - m * m, 0.f) + eps);
-    }
-    __syncthreads();
-    const float mean = stats[0], rstd = stats[1];
+    float mean, rstd;
+    block_stats(xg, n, eps, mean, rstd);
     const uint64_t b = g / groups;
     const uint32_t c0 = (g % groups) * per_group;
     for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) {
@@ -188,24 +198,10 @@ __device__ void im2col(const T *x, T *cols, uint32_t batch, uint32_t channels, u
 // y = (x − mean) / √(var + eps) · g. One shifted pass for the statistics, as in gn_partial.
 template <typename T>
 __device__ void ln_last(const T *x, const T *g, T *y, uint32_t size, float eps) {
-    __shared__ float coeff[2];
     const T *xr = x + (uint64_t)blockIdx.x * size;
     T *yr = y + (uint64_t)blockIdx.x * size;
-    const float x0 = to_f(xr[0]);
-    float s = 0.f, s2 = 0.f;
-    for (uint32_t i = threadIdx.x; i < size; i += blockDim.x) {
-        const float v = to_f(xr[i]) - x0;
-        s += v;
-        s2 += v * v;
-    }
-    block_sum2(s, s2);
-    if (threadIdx.x == 0) {
-        const float m = s / (float)size;
-        coeff[0] = x0 + m;
-        coeff[1] = rsqrtf(fmaxf(s2 / (float)size - m * m, 0.f) + eps);
-    }
-    __syncthreads();
-    const float mean = coeff[0], rstd = coeff[1];
+    float mean, rstd;
+    block_stats(xr, size, eps, mean, rstd);
     for (uint32_t i = threadIdx.x; i < size; i += blockDim.x) {
         yr[i] = from_f<T>((to_f(xr[i]) - mean) * rstd * to_f(g[i]));
     }
@@ -288,9 +284,9 @@ __device__ void add_channel(const T *x, const T *bias, T *y, uint32_t channels, 
                                                     uint32_t len, float eps) {                               \
         ln_channels<T>(x, g, y, channels, len, eps);                                                         \
     }                                                                                                        \
-    extern "C" __global__ void gn_single_##SUFFIX(const T *x, const T *weight, const T *bias, const T *scale, \
-                                                  const T *shift, T *y, uint32_t channels, uint32_t groups,  \
-                                                  uint32_t len, float eps) {                                 \
+    extern "C" __global__ void gn_single_##SUFFIX(const T *x, const float *, const T *weight, const T *bias,  \
+                                                  const T *scale, const T *shift, T *y, uint32_t channels,   \
+                                                  uint32_t groups, uint32_t len, uint32_t, float eps) {      \
         gn_single<T>(x, weight, bias, scale, shift, y, channels, groups, len, eps);                          \
     }                                                                                                        \
     extern "C" __global__ void cat_scaled_##SUFFIX(const T *x, const T *skip, T *y, uint32_t c1, uint32_t c2, \
