@@ -291,3 +291,32 @@ fn cuda_fused_ops_match_the_cpu() {
     }
     assert!(failures.is_empty(), "fused CUDA ops differ from the CPU:\n{}", failures.join("\n"));
 }
+
+/// Noise drawn on the GPU (`DeviceNoise`): items with equal seeds get equal draws (the channels of
+/// a stereo generation share their noise, as on the CPU), other items differ, and the same seeds
+/// give the same draws again.
+#[test]
+fn cuda_device_noise_follows_item_seeds() {
+    let _turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    match std::env::var("MSDM_TEST_DEVICE") {
+        Ok(spec) if spec == "cuda" => {}
+        _ => {
+            eprintln!("gpu_parity: MSDM_TEST_DEVICE is not cuda; device-noise test skipped");
+            return;
+        }
+    }
+    let device = msdm::device::select("cuda").unwrap();
+    let draw = || -> Vec<Vec<Vec<f32>>> {
+        let mut noise = msdm::noise::DeviceNoise::for_items(&device, &[5, 5, 7]).unwrap();
+        noise.draw_tensor(&[3, 2, 1001], &device).unwrap().to_device(&Device::Cpu).unwrap().to_vec3().unwrap()
+    };
+    let (a, b) = (draw(), draw());
+    assert_eq!(a, b, "the same seeds must give the same draws");
+    assert_eq!(a[0], a[1], "items with equal seeds must get equal noise");
+    assert_ne!(a[0], a[2], "items with other seeds must get other noise");
+    let all: Vec<f32> = a.iter().flatten().flatten().copied().collect();
+    let mean = all.iter().sum::<f32>() / all.len() as f32;
+    let var = all.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / all.len() as f32;
+    eprintln!("gpu_parity cuda device noise: mean {mean:.3}, variance {var:.3}");
+    assert!(mean.abs() < 0.1 && (var - 1.0).abs() < 0.15, "not standard normal: mean {mean}, variance {var}");
+}
