@@ -1,9 +1,9 @@
-//! Fused CUDA kernels for inference (src/ops/kernels.cu, compiled to PTX by build.rs): GroupNorm
-//! with its scale/shift and SiLU in two kernels instead of about a dozen candle ops, LayerNorm in
-//! one instead of eight, and a convolution's columns in one kernel instead of k shifted copies
-//! and a stack. Fewer, larger
-//! kernels matter on a GPU even inside a CUDA graph ([`crate::graph`]), where each kernel still
-//! costs a few microseconds of launch and tail.
+//! Fused CUDA kernels for inference (src/ops/kernels.cu, compiled to PTX by build.rs), each in
+//! place of several candle ops: GroupNorm with its affine, scale/shift and SiLU (one kernel for
+//! short groups, two otherwise, instead of about a dozen); LayerNorm (one instead of eight); a
+//! convolution's columns (one instead of k shifted copies and a stack); the per-channel bias add;
+//! a scaled skip concatenation. Fewer, larger kernels matter on a GPU even inside a CUDA graph
+//! ([`crate::graph`]), where each kernel still costs a few microseconds of launch and tail.
 //!
 //! Each entry point returns `None` when it does not apply (not on CUDA, gradients tracked, mixed
 //! dtypes, fast kernels off, or the PTX would not load on this GPU), and the caller takes the
