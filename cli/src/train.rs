@@ -19,6 +19,10 @@ pub struct TrainArgs {
     /// Continue the run in RUN_DIR exactly where its last checkpoint left off
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Start the new run from this model file's weights (fresh optimizer), e.g. to fine-tune with
+    /// another σ distribution from a `--config` JSON; the network must match the config
+    #[arg(long, value_name = "MODEL", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
     /// Dataset root holding train/ and validation/ track folders (new runs)
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -185,7 +189,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         None => {
             let dir = args.run_dir.as_ref().expect("clap requires --run-dir without --resume");
-            Trainer::create(dir, new_settings(args)?, validate, &device)?
+            let init = match &args.init {
+                Some(path) => Some(
+                    msdm::model_file::Model::load(path, &candle_core::Device::Cpu)
+                        .with_context(|| format!("--init: cannot use '{}'", path.display()))?,
+                ),
+                None => None,
+            };
+            Trainer::create_from(dir, new_settings(args)?, init.as_ref(), validate, &device)?
         }
     };
     match (args.ema, args.resume.is_some()) {

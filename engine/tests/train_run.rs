@@ -202,3 +202,36 @@ fn train_bad_setups_give_clear_errors() {
     let e = err(Trainer::create(&run_dir, settings(&data), false, &Device::Cpu));
     assert!(e.contains("--resume"), "{e}");
 }
+
+/// `Trainer::create_from` (`msdm train --init`): a new run starts from a model file's weights,
+/// with its own σ distribution; a model of another network is refused with a clear error.
+#[test]
+fn train_can_start_from_a_model_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    write_dataset(&root);
+    let init_path = tmp.path().join("init.safetensors");
+    let init = Model::random(ModelConfig::tiny(), 7, &Device::Cpu).unwrap();
+    init.save(&init_path, msdm::model_file::StoreDType::F32).unwrap();
+    let init = Model::load(&init_path, &Device::Cpu).unwrap();
+
+    let mut s = settings(&root);
+    s.config.diffusion_sigma_distribution = msdm::config::SigmaDistribution { mean: -1.0, std: 1.6 };
+    let dir = tmp.path().join("run");
+    let mut trainer = Trainer::create_from(&dir, s.clone(), Some(&init), true, &Device::Cpu).unwrap();
+    // the step-0 checkpoint holds the initial model's weights, not a random initialisation
+    assert_eq!(weights_bits(&dir.join("model.safetensors")), weights_bits(&init_path));
+    let fresh = tmp.path().join("fresh");
+    Trainer::create(&fresh, s.clone(), true, &Device::Cpu).unwrap();
+    assert_ne!(weights_bits(&fresh.join("model.safetensors")), weights_bits(&init_path));
+    // it trains, and the run keeps its own σ distribution
+    let losses = run(&mut trainer, 2);
+    assert!(!losses.is_empty() && losses.iter().all(|(_, l)| l.is_finite()), "{losses:?}");
+    assert_eq!(trainer.settings().config.diffusion_sigma_distribution, s.config.diffusion_sigma_distribution);
+
+    let mut other = settings(&root);
+    other.config.channels *= 2;
+    let err = Trainer::create_from(&tmp.path().join("other"), other, Some(&init), true, &Device::Cpu).err().expect("another network must be refused");
+    assert!(err.to_string().contains("network differs"), "{err}");
+    assert!(!tmp.path().join("other").exists(), "a refused run must not leave a directory behind");
+}

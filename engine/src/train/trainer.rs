@@ -107,12 +107,36 @@ impl Trainer {
     /// Starts a new run in `run_dir` (created; it must not already hold a run). `with_validation`
     /// opens the validation split (needed when the schedule validates).
     pub fn create(run_dir: &Path, settings: RunSettings, with_validation: bool, device: &Device) -> Result<Self> {
+        Self::create_from(run_dir, settings, None, with_validation, device)
+    }
+
+    /// Starts a new run like [`Self::create`], its weights taken from `init` instead of a random
+    /// initialisation (the optimizer starts fresh): fine-tuning a trained model with other
+    /// settings, e.g. another σ distribution. `init` must have the run's network; the σ
+    /// distribution and optimizer fields of its config may differ.
+    pub fn create_from(run_dir: &Path, settings: RunSettings, init: Option<&Model>, with_validation: bool, device: &Device) -> Result<Self> {
         settings.validate()?;
         if run_dir.join(run::STATE_FILE).exists() {
             bail!("'{}' already holds a training run: resume it with --resume, or pick another run directory", run_dir.display());
         }
+        let net = match init {
+            None => TrainableNet::random(&settings.config, settings.seed, DType::F32, device)?,
+            Some(model) => {
+                let mut network = model.config.clone();
+                network.diffusion_sigma_distribution = settings.config.diffusion_sigma_distribution;
+                network.learning_rate = settings.config.learning_rate;
+                network.beta1 = settings.config.beta1;
+                network.beta2 = settings.config.beta2;
+                if network != settings.config {
+                    bail!(
+                        "the initial model's network differs from the run's config: pass the --config it was trained with \
+                         (`msdm info MODEL` shows it; the σ distribution and optimizer settings may differ)"
+                    );
+                }
+                TrainableNet::from_model(model, DType::F32, device)?
+            }
+        };
         std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create the run directory '{}'", run_dir.display()))?;
-        let net = TrainableNet::random(&settings.config, settings.seed, DType::F32, device)?;
         let adam = Adam::new(net.vars.clone(), settings.adam)?;
         let state = RunState::new(settings);
         let mut t = Self::assemble(run_dir, state, net, adam, with_validation)?;
