@@ -228,6 +228,11 @@ fn train_can_start_from_a_model_file() {
     let losses = run(&mut trainer, 2);
     assert!(!losses.is_empty() && losses.iter().all(|(_, l)| l.is_finite()), "{losses:?}");
     assert_eq!(trainer.settings().config.diffusion_sigma_distribution, s.config.diffusion_sigma_distribution);
+    // the run resumes (its checkpoints carry the run's config, not the initial model's)
+    drop(trainer);
+    let resumed = Trainer::resume(&dir, true, &Device::Cpu).unwrap();
+    assert_eq!(resumed.step_count(), 2);
+    assert_eq!(Model::load(&dir.join("model.safetensors"), &Device::Cpu).unwrap().config, s.config);
 
     let mut other = settings(&root);
     other.config.channels *= 2;

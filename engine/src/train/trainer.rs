@@ -133,7 +133,9 @@ impl Trainer {
                          (`msdm info MODEL` shows it; the σ distribution and optimizer settings may differ)"
                     );
                 }
-                TrainableNet::from_model(model, DType::F32, device)?
+                // the run's config (its σ distribution and optimizer fields) goes with the weights
+                let as_run = Model::from_tensors(settings.config.clone(), model.meta.clone(), model.tensors().iter().cloned().collect())?;
+                TrainableNet::from_model(&as_run, DType::F32, device)?
             }
         };
         std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create the run directory '{}'", run_dir.display()))?;
