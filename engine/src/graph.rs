@@ -19,9 +19,10 @@ use candle_core::{Result, Tensor};
 /// The network call `F(x, c_noise)` being graphed.
 pub type NetCall<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Result<Tensor>;
 
-/// Whether graphs are allowed at all (`MSDM_CUDA_GRAPH` is not `0`).
+/// Whether graphs are allowed at all (`MSDM_CUDA_GRAPH` is not `0`; read once).
 pub fn enabled() -> bool {
-    std::env::var("MSDM_CUDA_GRAPH").map_or(true, |v| v != "0")
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MSDM_CUDA_GRAPH").map_or(true, |v| v != "0"))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -60,9 +60,7 @@ fn with_slice<T: CudaDType + DeviceRepr, R>(
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cuda(cs) = &*storage else { candle_core::bail!("expected a CUDA tensor") };
-    let start = layout.start_offset();
-    let s = cs.as_cuda_slice::<T>()?;
-    f(s.slice(start..start + t.elem_count()))
+    f(view(cs.as_cuda_slice::<T>()?, layout)?)
 }
 
 fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
@@ -72,7 +70,16 @@ fn launch_err(e: impl std::fmt::Display) -> candle_core::Error {
 /// A fused kernel over one CUDA tensor of any float dtype: `run` returns the output and its shape.
 trait Kernel {
     const NAME: &'static str;
-    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, dtype: DType) -> Result<(CudaStorage, Shape)>;
+    /// `x`: the input's values (contiguous), `shape` its shape, `dtype` its dtype.
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, shape: &Shape, dtype: DType) -> Result<(CudaStorage, Shape)>;
+}
+
+/// The values of a contiguous tensor's storage, from its first element.
+fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> Result<CudaView<'a, T>> {
+    if !l.is_contiguous() {
+        candle_core::bail!("msdm CUDA kernel: the input must be contiguous");
+    }
+    Ok(s.slice(l.start_offset()..l.start_offset() + l.shape().elem_count()))
 }
 
 /// A [`Kernel`] as a candle custom op (forward only, CUDA only).
@@ -90,9 +97,9 @@ impl<K: Kernel> CustomOp1 for Op<K> {
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = s.device();
         match &s.slice {
-            CudaStorageSlice::F32(x) => self.0.run(dev, x, l, DType::F32),
-            CudaStorageSlice::BF16(x) => self.0.run(dev, x, l, DType::BF16),
-            CudaStorageSlice::F16(x) => self.0.run(dev, x, l, DType::F16),
+            CudaStorageSlice::F32(x) => self.0.run(dev, &view(x, l)?, l.shape(), DType::F32),
+            CudaStorageSlice::BF16(x) => self.0.run(dev, &view(x, l)?, l.shape(), DType::BF16),
+            CudaStorageSlice::F16(x) => self.0.run(dev, &view(x, l)?, l.shape(), DType::F16),
             _ => candle_core::bail!("{}: unsupported dtype {:?}", K::NAME, s.dtype()),
         }
     }
@@ -134,13 +141,11 @@ struct GroupNormSilu {
 impl Kernel for GroupNormSilu {
     const NAME: &'static str = "msdm-group-norm-silu";
 
-    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, _: DType) -> Result<(CudaStorage, Shape)> {
-        let (b, c, l) = layout.shape().dims3()?;
-        let dtype = self.weight.dtype();
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, shape: &Shape, dtype: DType) -> Result<(CudaStorage, Shape)> {
+        let (b, c, l) = shape.dims3()?;
         let n = (c / self.groups) * l;
-        let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
         if n <= SINGLE_BLOCK_GROUP {
-            return Ok((self.run_single(dev, &x, b, c, l)?, layout.shape().clone()));
+            return Ok((self.run_single(dev, x, b, c, l, dtype)?, shape.clone()));
         }
         // enough blocks to fill the GPU for the deep levels' short groups too
         let splits = (n / 2048).clamp(1, 64);
@@ -151,13 +156,13 @@ impl Kernel for GroupNormSilu {
             let f = func(dev, "gn_partial", dtype)?;
             let mut args = stream.launch_builder(&f);
             let (n64, splits32) = (n as u64, splits as u32);
-            args.arg(&x).arg(&mut partial).arg(&n64).arg(&splits32);
+            args.arg(x).arg(&mut partial).arg(&n64).arg(&splits32);
             let cfg = LaunchConfig { grid_dim: (splits as u32, (b * self.groups) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             unsafe { args.launch(cfg) }.map_err(launch_err)?;
         }
         let cfg = LaunchConfig { grid_dim: (l.div_ceil(1024) as u32, (b * c) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let y = self.normalise(dev, "gn_apply", cfg, &x, Some((&partial, splits)), b, c, l)?;
-        Ok((y, layout.shape().clone()))
+        let y = self.normalise(dev, "gn_apply", dtype, cfg, x, Some((&partial, splits)), b, c, l)?;
+        Ok((y, shape.clone()))
     }
 }
 
@@ -165,9 +170,9 @@ impl Kernel for GroupNormSilu {
 const SINGLE_BLOCK_GROUP: usize = 16_384;
 
 impl GroupNormSilu {
-    fn run_single<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, b: usize, c: usize, l: usize) -> Result<CudaStorage> {
+    fn run_single<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, b: usize, c: usize, l: usize, dtype: DType) -> Result<CudaStorage> {
         let cfg = LaunchConfig { grid_dim: ((b * self.groups) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-        self.normalise(dev, "gn_single", cfg, x, None, b, c, l)
+        self.normalise(dev, "gn_single", dtype, cfg, x, None, b, c, l)
     }
 
     /// Launches a normalising kernel (`gn_apply` with pass 1's partial sums, or `gn_single`);
@@ -178,6 +183,7 @@ impl GroupNormSilu {
         &self,
         dev: &CudaDevice,
         kernel: &str,
+        dtype: DType,
         cfg: LaunchConfig,
         x: &CudaView<'_, T>,
         partial: Option<(&CudaSlice<f32>, usize)>,
@@ -186,7 +192,7 @@ impl GroupNormSilu {
         l: usize,
     ) -> Result<CudaStorage> {
         let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
-        let f = func(dev, kernel, self.weight.dtype())?;
+        let f = func(dev, kernel, dtype)?;
         let stream = dev.cuda_stream();
         let (c32, g32, l32) = (c as u32, self.groups as u32, l as u32);
         let splits = partial.map_or(0, |(_, n)| n as u32);
@@ -236,20 +242,19 @@ struct Columns {
 impl Kernel for Columns {
     const NAME: &'static str = "msdm-im2col";
 
-    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, dtype: DType) -> Result<(CudaStorage, Shape)> {
-        let (b, c, l) = layout.shape().dims3()?;
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, shape: &Shape, dtype: DType) -> Result<(CudaStorage, Shape)> {
+        let (b, c, l) = shape.dims3()?;
         if l + 2 * self.pad < self.k || self.s == 0 {
             candle_core::bail!("conv1d: input length {l} is too short for kernel {} (padding {})", self.k, self.pad);
         }
         let l_out = (l + 2 * self.pad - self.k) / self.s + 1;
-        let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
         let total = b * c * self.k * l_out;
         let mut cols = unsafe { dev.alloc::<T>(total) }?;
         let f = func(dev, "im2col", dtype)?;
         let stream = dev.cuda_stream();
         let mut args = stream.launch_builder(&f);
         let dims = [b as u32, c as u32, l as u32, self.k as u32, self.s as u32, self.pad as u32, l_out as u32];
-        args.arg(&x).arg(&mut cols);
+        args.arg(x).arg(&mut cols);
         for d in &dims {
             args.arg(d);
         }
@@ -279,32 +284,30 @@ struct LayerNorm {
 impl Kernel for LayerNorm {
     const NAME: &'static str = "msdm-layer-norm";
 
-    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, _: DType) -> Result<(CudaStorage, Shape)> {
-        let (b, c, l) = layout.shape().dims3()?;
-        let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, shape: &Shape, dtype: DType) -> Result<(CudaStorage, Shape)> {
+        let (b, c, l) = shape.dims3()?;
         let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
-        let dtype = self.g.dtype();
         let stream = dev.cuda_stream();
         with_slice::<T, _>(&self.g, |g| {
             if self.channels {
                 let f = func(dev, "ln_channels", dtype)?;
                 let mut args = stream.launch_builder(&f);
                 let (c32, l32) = (c as u32, l as u32);
-                args.arg(&x).arg(&g).arg(&mut y).arg(&c32).arg(&l32).arg(&self.eps);
+                args.arg(x).arg(&g).arg(&mut y).arg(&c32).arg(&l32).arg(&self.eps);
                 let cfg = LaunchConfig { grid_dim: (l.div_ceil(32) as u32, b as u32, 1), block_dim: (32, 32, 1), shared_mem_bytes: 0 };
                 unsafe { args.launch(cfg) }.map_err(launch_err)?;
             } else {
                 let f = func(dev, "ln_last", dtype)?;
                 let mut args = stream.launch_builder(&f);
                 let l32 = l as u32;
-                args.arg(&x).arg(&g).arg(&mut y).arg(&l32).arg(&self.eps);
+                args.arg(x).arg(&g).arg(&mut y).arg(&l32).arg(&self.eps);
                 let threads = if l >= 1024 { 256 } else { 128 };
                 let cfg = LaunchConfig { grid_dim: ((b * c) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
                 unsafe { args.launch(cfg) }.map_err(launch_err)?;
             }
             Ok(())
         })?;
-        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), layout.shape().clone()))
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape.clone()))
     }
 }
 
@@ -330,21 +333,20 @@ struct AddChannel {
 impl Kernel for AddChannel {
     const NAME: &'static str = "msdm-add-channel";
 
-    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, layout: &Layout, _: DType) -> Result<(CudaStorage, Shape)> {
-        let (b, c, l) = layout.shape().dims3()?;
-        let x = x.slice(layout.start_offset()..layout.start_offset() + b * c * l);
+    fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaView<'_, T>, shape: &Shape, dtype: DType) -> Result<(CudaStorage, Shape)> {
+        let (b, c, l) = shape.dims3()?;
         let mut y = unsafe { dev.alloc::<T>(b * c * l) }?;
-        let f = func(dev, "add_channel", self.bias.dtype())?;
+        let f = func(dev, "add_channel", dtype)?;
         let stream = dev.cuda_stream();
         with_slice::<T, _>(&self.bias, |bias| {
             let mut args = stream.launch_builder(&f);
             let (c32, l32) = (c as u32, l as u32);
-            args.arg(&x).arg(&bias).arg(&mut y).arg(&c32).arg(&l32);
+            args.arg(x).arg(&bias).arg(&mut y).arg(&c32).arg(&l32);
             let cfg = LaunchConfig { grid_dim: (l.div_ceil(1024) as u32, (b * c) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             unsafe { args.launch(cfg) }.map_err(launch_err)?;
             Ok(())
         })?;
-        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), layout.shape().clone()))
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape.clone()))
     }
 }
 
@@ -365,8 +367,7 @@ impl CatScaled {
     fn run<T: CudaDType + DeviceRepr>(&self, dev: &CudaDevice, x: &CudaSlice<T>, lx: &Layout, s: &CudaSlice<T>, ls: &Layout, dtype: DType) -> Result<(CudaStorage, Shape)> {
         let (b, c1, l) = lx.shape().dims3()?;
         let c2 = ls.shape().dims3()?.1;
-        let x = x.slice(lx.start_offset()..lx.start_offset() + b * c1 * l);
-        let s = s.slice(ls.start_offset()..ls.start_offset() + b * c2 * l);
+        let (x, s) = (view(x, lx)?, view(s, ls)?);
         let mut y = unsafe { dev.alloc::<T>(b * (c1 + c2) * l) }?;
         let f = func(dev, "cat_scaled", dtype)?;
         let stream = dev.cuda_stream();
