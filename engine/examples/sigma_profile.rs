@@ -3,6 +3,10 @@
 //! answer D = 0 (the stem's power). 0 is perfect, 1 is no better than silence. Generation and
 //! imputation start at σ_max (20 by default), separation at 1; training draws σ around e^−3.
 //!
+//! The last column asks whether the network uses the other stems at all, which imputation needs:
+//! the bass error again, with the same noisy bass but drums, guitar and piano taken from another
+//! window. Equal to the bass column means the bass is denoised without looking at the song.
+//!
 //! `cargo run --release -p msdm --example sigma_profile -- MODEL DATA_ROOT [ITEMS]`
 //! (DATA_ROOT holds `validation/`, as made by `msdm data synth`).
 
@@ -38,21 +42,30 @@ fn main() -> Result<()> {
     let power = x.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?.flatten_all()?.to_vec1::<f32>()?;
     let shown: Vec<String> = power.iter().map(|p| format!("{p:.2e}")).collect();
     println!("{items} validation windows of {window} samples; stem power (the MSE of D = 0): {}", shown.join(", "));
-    println!("| σ | bass | drums | guitar | piano | all |");
-    println!("|---|---|---|---|---|---|");
+    println!("| σ | bass | drums | guitar | piano | all | bass, another song's stems |");
+    println!("|---|---|---|---|---|---|---|");
     for (i, sigma) in [0.01f32, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0].into_iter().enumerate() {
         let eps = SeededNoise::new(1000 + i as u64).standard_normal(x.elem_count());
         let noisy = (&x + (Tensor::from_vec(eps, x.dims(), &Device::Cpu)? * sigma as f64)?)?;
         let mut per_stem = vec![0f32; 4];
+        let mut bass_wrong_context = 0f32;
         for b in 0..items {
             // one window at a time keeps memory small
-            let d = model.denoiser.denoise(&noisy.narrow(0, b, 1)?, sigma)?;
-            let err = (d - x.narrow(0, b, 1)?)?.sqr()?.mean_keepdim(2)?.flatten_all()?.to_vec1::<f32>()?;
+            let item = noisy.narrow(0, b, 1)?;
+            let target = x.narrow(0, b, 1)?;
+            let d = model.denoiser.denoise(&item, sigma)?;
+            let err = (d - &target)?.sqr()?.mean_keepdim(2)?.flatten_all()?.to_vec1::<f32>()?;
             per_stem.iter_mut().zip(err).for_each(|(a, e)| *a += e / items as f32);
+            let others = noisy.narrow(0, (b + 1) % items, 1)?.narrow(1, 1, 3)?;
+            let swapped = Tensor::cat(&[&item.narrow(1, 0, 1)?, &others], 1)?;
+            let d = model.denoiser.denoise(&swapped, sigma)?.narrow(1, 0, 1)?;
+            let err = (d - target.narrow(1, 0, 1)?)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+            bass_wrong_context += err / items as f32;
         }
         let rel: Vec<f32> = per_stem.iter().zip(&power).map(|(e, p)| e / p.max(1e-12)).collect();
         let all = per_stem.iter().sum::<f32>() / power.iter().sum::<f32>().max(1e-12);
-        println!("| {sigma} | {:.3} | {:.3} | {:.3} | {:.3} | {all:.3} |", rel[0], rel[1], rel[2], rel[3]);
+        let wrong = bass_wrong_context / power[0].max(1e-12);
+        println!("| {sigma} | {:.3} | {:.3} | {:.3} | {:.3} | {all:.3} | {wrong:.3} |", rel[0], rel[1], rel[2], rel[3]);
     }
     Ok(())
 }
