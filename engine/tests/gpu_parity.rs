@@ -140,6 +140,17 @@ fn errors(fx: &Fixture, device: &Device, dtype: DType, half_tol: f32) -> Vec<(St
 /// thread's module loads or allocations (one process runs one inference thread in the product).
 static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The CUDA-only tests' common start: waits for this test's turn on the GPU and opens the CUDA
+/// device, or says the test is skipped (`what`) and gives `None` when `MSDM_TEST_DEVICE` is not `cuda`.
+fn cuda_turn(what: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Device)> {
+    let turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if std::env::var("MSDM_TEST_DEVICE").as_deref() != Ok("cuda") {
+        eprintln!("gpu_parity: MSDM_TEST_DEVICE is not cuda; {what} test skipped");
+        return None;
+    }
+    Some((turn, msdm::device::select("cuda").unwrap()))
+}
+
 #[test]
 fn parity_fixtures_on_the_test_device() {
     let _turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,15 +184,7 @@ fn parity_fixtures_on_the_test_device() {
 /// with new inputs, at several σ and two batch shapes, must give what eager calls give.
 #[test]
 fn cuda_graph_replays_match_eager_calls() {
-    let _turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    match std::env::var("MSDM_TEST_DEVICE") {
-        Ok(spec) if spec == "cuda" => {}
-        _ => {
-            eprintln!("gpu_parity: MSDM_TEST_DEVICE is not cuda; graph test skipped");
-            return;
-        }
-    }
-    let device = msdm::device::select("cuda").unwrap();
+    let Some((_turn, device)) = cuda_turn("graph") else { return };
     let fx = load(&fixture_dirs()[0]);
     for dtype in [DType::F32, DType::BF16] {
         let graphed = model_on(&fx, &device, dtype);
@@ -207,16 +210,8 @@ fn cuda_graph_replays_match_eager_calls() {
 /// come from the im2col kernel (stride 1 and strided, with padding).
 #[test]
 fn cuda_fused_ops_match_the_cpu() {
-    let _turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    match std::env::var("MSDM_TEST_DEVICE") {
-        Ok(spec) if spec == "cuda" => {}
-        _ => {
-            eprintln!("gpu_parity: MSDM_TEST_DEVICE is not cuda; fused-op test skipped");
-            return;
-        }
-    }
+    let Some((_turn, device)) = cuda_turn("fused-op") else { return };
     use msdm::ops;
-    let device = msdm::device::select("cuda").unwrap();
     let rand = |shape: &[usize], seed: u64| -> Tensor {
         let n = shape.iter().product();
         Tensor::from_vec(msdm::noise::SeededNoise::new(seed).standard_normal(n), shape, &Device::Cpu).unwrap()
@@ -297,15 +292,7 @@ fn cuda_fused_ops_match_the_cpu() {
 /// give the same draws again.
 #[test]
 fn cuda_device_noise_follows_item_seeds() {
-    let _turn = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    match std::env::var("MSDM_TEST_DEVICE") {
-        Ok(spec) if spec == "cuda" => {}
-        _ => {
-            eprintln!("gpu_parity: MSDM_TEST_DEVICE is not cuda; device-noise test skipped");
-            return;
-        }
-    }
-    let device = msdm::device::select("cuda").unwrap();
+    let Some((_turn, device)) = cuda_turn("device-noise") else { return };
     let draw = || -> Vec<Vec<Vec<f32>>> {
         let mut noise = msdm::noise::DeviceNoise::for_items(&device, &[5, 5, 7]).unwrap();
         noise.draw_tensor(&[3, 2, 1001], &device).unwrap().to_device(&Device::Cpu).unwrap().to_vec3().unwrap()

@@ -3,8 +3,8 @@
 --log-file F ...`) by kernel name: total microseconds, launches, mean, and share of the whole.
 
 With --last-call, only the last network call is summed: the last K launches that repeat the K
-before them (95% of the names) (a program that ends with two identical CUDA-graph replays, like `msdm bench --iters 1`
-on CUDA, whose warm-up call replays its new graph once).
+before them in at least 95% of the names (a program that ends with two CUDA-graph replays, like
+`msdm bench --iters 1` on CUDA, whose warm-up call replays its new graph once).
 
 Usage: python3 tools/gpu/ncu_summary.py ncu.csv [--top 40] [--last-call]
 """
