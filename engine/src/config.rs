@@ -302,4 +302,16 @@ mod tests {
         bad.factors.pop();
         assert!(bad.validate().unwrap_err().to_string().contains("entries"));
     }
+
+    /// tools/train/wide-sigma.json (how the bundled model was fine-tuned) and wide128.json (the
+    /// next size up) are the `small` preset with only the changes the model card names.
+    #[test]
+    fn the_training_configs_are_the_small_preset_with_the_documented_changes() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/train");
+        let mut expected = ModelConfig::small();
+        expected.diffusion_sigma_distribution = SigmaDistribution { mean: -2.0, std: 1.8 };
+        assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/wide-sigma.json")).unwrap(), expected);
+        expected.channels = 128;
+        assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/wide128.json")).unwrap(), expected);
+    }
 }
