@@ -245,9 +245,19 @@ impl ModelConfig {
             let post = if i + 1 < self.patch_blocks { ic * pf.pow(i as u32 + 1) } else { self.channels };
             let groups = pf.min(pre);
             if post % pf != 0 || (post / pf) % groups != 0 || pre % groups != 0 {
+                let step = pf * groups;
+                let hint = if i + 1 == self.patch_blocks && pre % groups == 0 {
+                    let lower = self.channels / step * step;
+                    match lower {
+                        0 => format!(" (try channels {step})"),
+                        _ => format!(" (try channels {lower} or {})", lower + step),
+                    }
+                } else {
+                    String::new()
+                };
                 bail!(
                     "model config: the patch block maps {pre} to {} channels with GroupNorm({groups}); \
-                     channels/patch_factor must be divisible by min(patch_factor, in_channels)",
+                     channels/patch_factor must be divisible by min(patch_factor, in_channels){hint}",
                     post / pf
                 );
             }
@@ -301,6 +311,10 @@ mod tests {
         let mut bad = ModelConfig::tiny();
         bad.factors.pop();
         assert!(bad.validate().unwrap_err().to_string().contains("entries"));
+        let mut odd = ModelConfig::small();
+        odd.channels = 96;
+        let err = odd.validate().unwrap_err().to_string();
+        assert!(err.contains("GroupNorm(4)") && err.contains("try channels 64 or 128"), "{err}");
     }
 
     /// tools/train/wide-sigma.json (how the bundled model was fine-tuned) and wide128.json (the
