@@ -19,6 +19,7 @@ pub mod assembly;
 pub mod cache;
 pub mod capture;
 pub mod editor;
+pub mod library;
 pub mod models;
 pub mod params;
 pub mod playback;

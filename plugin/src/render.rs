@@ -1,19 +1,19 @@
-//! One render on its own thread: builds the engine job from a captured clip, runs
-//! `msdm::tasks::run` with cancellation and progress, and caches the stems.
+//! One render: builds the engine job from a captured clip, runs `msdm::tasks::run` on the
+//! instance's own compute threads, and caches the stems. It reports what it does through a
+//! callback (the caller decides what the editor shows and whether to go on), so it knows nothing
+//! of the plugin's shared state.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 use msdm::audio::AudioBuffer;
+use msdm::ops::ComputePool;
 use msdm::tasks::{Job, Settings};
 
 use crate::cache::{render_key, Cache};
 use crate::params::{JobKind, Quality, Role};
 use crate::session::{ClipRef, RenderSpec, Take};
-use crate::shared::{Phase, Shared};
 
 /// A finished capture in memory: `CAPTURE_CHANNELS` planar channels at `info.rate`.
 pub struct Clip {
@@ -123,21 +123,33 @@ pub fn settings_for(job: &Job, model: &msdm::model_file::Model, quality: Quality
     s
 }
 
-/// Runs one render. Returns an error whose text contains "cancelled" when cancelled.
-pub fn run(req: JobRequest, cancel: &AtomicBool, shared: &Shared) -> Result<JobOutput> {
+/// What a render tells its caller while it runs.
+pub enum RenderNote {
+    /// The model in use (its file and id) and the compute device.
+    Model { name: String, device: Option<String> },
+    /// Predicted seconds of this clip at (draft, final) quality.
+    Predicted(f64, f64),
+    /// Denoiser calls done of total.
+    Progress { done: usize, total: usize },
+}
+
+/// Runs one render on `pool`. `note` hears what happens; when it returns false the render stops
+/// with an error whose text contains "cancelled".
+pub fn run(req: JobRequest, pool: &ComputePool, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) -> Result<JobOutput> {
+    pool.install(|| run_here(req, note))
+}
+
+fn run_here(req: JobRequest, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) -> Result<JobOutput> {
     let model = crate::models::shared(&req.model_path)?;
-    {
-        let mut st = shared.status();
-        st.model = Some(format!("{} ({})", req.model_path.display(), model.id()));
-        if let Ok(d) = crate::models::device() {
-            st.device = Some(msdm::device::describe(&d));
-        }
-    }
+    note(RenderNote::Model {
+        name: format!("{} ({})", req.model_path.display(), model.id()),
+        device: crate::models::device().ok().map(|d| msdm::device::describe(&d)),
+    });
     let job = build_job(&req.spec, req.clip.as_deref(), req.rate, req.len)?;
     let settings = settings_for(&job, &model, req.spec.quality, req.seed, true);
     let draft = settings_for(&job, &model, Quality::Draft, req.seed, false);
     let fin = settings_for(&job, &model, Quality::Final, req.seed, false);
-    shared.status().predicted = Some((
+    note(RenderNote::Predicted(
         msdm::tasks::predicted_seconds(&model, &job, &draft),
         msdm::tasks::predicted_seconds(&model, &job, &fin),
     ));
@@ -177,17 +189,13 @@ pub fn run(req: JobRequest, cancel: &AtomicBool, shared: &Shared) -> Result<JobO
         }
     }
 
-    let started = Instant::now();
+    let mut going = true;
     let mut progress = |p: msdm::tasks::Progress| {
-        {
-            let mut st = shared.status();
-            st.phase = Phase::Processing { done: p.done, total: p.total, started };
-        }
-        shared.request_repaint();
-        !cancel.load(Ordering::Acquire)
+        going = note(RenderNote::Progress { done: p.done, total: p.total });
+        going
     };
     let out = msdm::tasks::run(&model, &job, &settings, &mut progress)?;
-    if cancel.load(Ordering::Acquire) {
+    if !going {
         bail!("render cancelled");
     }
     if out.stems.len() != 4 {

@@ -17,7 +17,7 @@ use crate::cache::{content_hash, Cache};
 use crate::capture::ToWorker;
 use crate::params::JobKind;
 use crate::playback::{PlaySet, ToAudio};
-use crate::render::{self, Clip, JobOutput, JobRequest};
+use crate::render::{self, Clip, JobOutput, JobRequest, RenderNote};
 use crate::session::{ClipRef, RenderSpec, Take};
 use crate::shared::{Command, Peaks, Phase, Shared, Waveforms, WorkerEnds};
 
@@ -56,6 +56,9 @@ struct Worker {
     discard_chunks: bool,
     /// The last model used: holding it keeps it loaded (and shared) between renders.
     model: Option<Arc<msdm::model_file::Model>>,
+    /// This instance's compute threads, started at the first render and joined when the worker
+    /// ends (never rayon's global pool, whose threads would outlive the instance).
+    pool: Option<Arc<msdm::ops::ComputePool>>,
 }
 
 pub fn run(shared: Arc<Shared>, ends: WorkerEnds) {
@@ -73,9 +76,12 @@ pub fn run(shared: Arc<Shared>, ends: WorkerEnds) {
         pending: None,
         discard_chunks: false,
         model: None,
+        pool: None,
     };
     w.run_loop();
     w.stop_job();
+    // Last owner of the pool: its threads are joined here, before the instance is gone.
+    drop(w.pool.take());
 }
 
 impl Worker {
@@ -294,6 +300,7 @@ impl Worker {
             len,
             cache_root: self.cache.as_ref().ok().map(|c| c.root().to_path_buf()),
         };
+        let pool = self.compute_pool()?;
         let cancel = Arc::new(AtomicBool::new(false));
         let shared = Arc::clone(&self.shared);
         let tx = self.results.0.clone();
@@ -303,13 +310,40 @@ impl Worker {
         let handle = std::thread::Builder::new()
             .name("msdm-render".into())
             .spawn(move || {
-                let r = catch_unwind(AssertUnwindSafe(|| render::run(req, &flag, &shared)))
+                let started = Instant::now();
+                let mut note = |n: RenderNote| {
+                    match n {
+                        RenderNote::Model { name, device } => {
+                            let mut st = shared.status();
+                            st.model = Some(name);
+                            st.device = device.or(st.device.take());
+                        }
+                        RenderNote::Predicted(draft, fin) => shared.status().predicted = Some((draft, fin)),
+                        RenderNote::Progress { done, total } => {
+                            shared.status().phase = Phase::Processing { done, total, started };
+                            shared.request_repaint();
+                        }
+                    }
+                    !flag.load(Ordering::Acquire)
+                };
+                let r = catch_unwind(AssertUnwindSafe(|| render::run(req, &pool, &mut note)))
                     .unwrap_or_else(|panic| Err(anyhow::anyhow!("internal error: {}", panic_text(&panic))));
                 let _ = tx.send((id, r));
             })
             .context("cannot start the render thread")?;
         self.job = Some(RunningJob { id, cancel, handle });
         Ok(())
+    }
+
+    /// The instance's compute pool, started on first use.
+    fn compute_pool(&mut self) -> Result<Arc<msdm::ops::ComputePool>> {
+        if let Some(p) = &self.pool {
+            return Ok(Arc::clone(p));
+        }
+        crate::library::pin();
+        let p = Arc::new(msdm::ops::ComputePool::new("msdm-compute", 0)?);
+        self.pool = Some(Arc::clone(&p));
+        Ok(p)
     }
 
     /// Cancels and joins the running render, if any (its result is ignored).

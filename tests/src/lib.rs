@@ -8,7 +8,9 @@
 //! dir) and copy it to `target/debug/msdm-plugin-alloc-check.so`, so later builds of the plain
 //! plugin do not replace it mid-run.
 
+pub mod drive;
 pub mod host;
+pub mod lifecycle;
 pub mod scenarios;
 pub mod signal;
 

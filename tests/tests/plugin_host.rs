@@ -81,3 +81,10 @@ fn plugin_activate_deactivate_cycles() {
 fn plugin_offline_bounce_capture_is_complete() {
     scenario("offline", 2);
 }
+
+/// 20 cycles of load, render, destroy, unload in one process (the plugin owns and joins every
+/// thread it starts).
+#[test]
+fn plugin_load_render_unload_cycles() {
+    scenario("lifecycle", 2);
+}

@@ -25,9 +25,12 @@ mod cuda;
 mod edm_loss;
 mod group_norm;
 mod simd;
+mod threads;
+pub mod profile;
 
 pub use average::moving_average;
 pub use edm_loss::{edm_item_losses, fused_loss_applies, EdmLossCoefficients};
+pub use threads::{configure_cpu_threads, on_workers, ComputePool};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -55,94 +58,6 @@ pub fn fast_kernels() -> bool {
             set_fast_kernels(on);
             on
         }
-    }
-}
-
-/// Tunes candle's own CPU thread pool for this workload; call once at the start of `main`, before
-/// any tensor work and before other threads exist (it sets environment variables that candle reads
-/// once). candle's element-wise ops run on a spin-waiting pool next to rayon's (which gemm and our
-/// kernels use); its worker spins for 25,000 rounds after every op, stealing a core from the next
-/// gemm, and the calling thread spins (never sleeps) while a descheduled worker finishes, which on
-/// a busy machine costs more than the op. With the heavy ops in our own kernels, the element-wise
-/// ops left to candle (residual adds, concatenations, the preconditioning) run well on the calling
-/// thread alone, so this sets `CANDLE_NUM_THREADS=1` (rayon's pool, `RAYON_NUM_THREADS`, still
-/// sizes gemm and our kernels). Nothing is changed when `CANDLE_NUM_THREADS` or
-/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` is already set.
-pub fn configure_cpu_threads() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() && std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-}
-
-/// Runs `f` (CPU work) on one of rayon's worker threads, so that the parallel kernels inside it
-/// fork and join within the pool; called from outside, each of them would inject its work into the
-/// pool and put the calling thread to sleep until it is done (a futex wake-up per op, which cost
-/// the bundled model's small network about a third of its call).
-pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
-    }
-}
-
-/// Wall-clock time per op kind, collected when `MSDM_OPS_PROFILE` is set (for `msdm bench`).
-pub mod profile {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicU8, Ordering};
-    use std::sync::Mutex;
-    use std::time::Instant;
-
-    static ON: AtomicU8 = AtomicU8::new(0);
-    static TABLE: Mutex<BTreeMap<String, (u64, f64)>> = Mutex::new(BTreeMap::new());
-    static SYNC: Mutex<Option<candle_core::Device>> = Mutex::new(None);
-
-    /// Waits for `device` before and after every timed op, so that a GPU's op times are its
-    /// own and not just their launches (slower: no overlap, no CUDA graphs).
-    pub fn sync_with(device: &candle_core::Device) {
-        *SYNC.lock().unwrap_or_else(|e| e.into_inner()) = Some(device.clone());
-    }
-
-    fn sync() {
-        if let Some(d) = SYNC.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = d.synchronize();
-        }
-    }
-
-    pub fn enabled() -> bool {
-        match ON.load(Ordering::Relaxed) {
-            0 => {
-                let on = std::env::var_os("MSDM_OPS_PROFILE").is_some();
-                ON.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-                on
-            }
-            v => v == 1,
-        }
-    }
-
-    /// Runs `f`, adding its wall-clock time to `name` when profiling is on.
-    pub fn time<R>(name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
-        if !enabled() {
-            return f();
-        }
-        sync();
-        let t = Instant::now();
-        let r = f();
-        sync();
-        let dt = t.elapsed().as_secs_f64();
-        let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
-        let e = table.entry(name()).or_insert((0, 0.0));
-        e.0 += 1;
-        e.1 += dt;
-        r
-    }
-
-    /// `(op, calls, seconds)` collected so far, and the table cleared.
-    pub fn take() -> Vec<(String, u64, f64)> {
-        let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
-        let v = table.iter().map(|(k, &(n, s))| (k.clone(), n, s)).collect();
-        table.clear();
-        v
     }
 }
 

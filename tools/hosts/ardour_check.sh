@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# MSDM Stems in a real DAW: headless Ardour 7 (Debian package `ardour`, its `ardour7-lua` session tool) loads the
+# VST3 on a stereo track, rolls 2 s (the plugin captures), stops (the plugin renders for real, into an empty stem
+# cache), exports, saves, reloads and finds the plugin again with its state. RUNS sessions in a row (the stress
+# form for host crashes), one line each, then "N of RUNS runs passed". Exit status 0 only if all passed.
+#   tools/hosts/ardour_check.sh [RUNS] [PATH_TO.vst3]   (default 1, target/bundled/MSDM Stems.vst3)
+# Build the bundle first: cargo xtask bundle msdm-plugin --release
+set -u
+runs=${1:-1}; vst=${2:-target/bundled/MSDM Stems.vst3}
+here=$(cd "$(dirname "$0")" && pwd)
+[ -d "$vst" ] || { echo "no VST3 bundle at $vst (build it with: cargo xtask bundle msdm-plugin --release)"; exit 2; }
+if ! command -v ardour7-lua >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -q --no-install-recommends ardour >/dev/null || { echo "cannot install ardour"; exit 2; }
+fi
+# Ardour's headless tool reads only its VST3 cache and trusts an entry only when the module file is strictly older
+# (in whole seconds) than the cache file the scanner writes; a copy and a scan in the same second is skipped
+# silently. So: install, backdate the module, scan.
+mkdir -p ~/.vst3 && rm -rf ~/.vst3/"MSDM Stems.vst3" && cp -r "$vst" ~/.vst3/
+find ~/.vst3/"MSDM Stems.vst3" -exec touch -m -d "@$(( $(date +%s) - 120 ))" {} +
+rm -f ~/.cache/ardour7/vst3_x64_blacklist.txt
+LD_LIBRARY_PATH=/usr/lib/ardour7 /usr/lib/ardour7/ardour-vst3-scanner -f ~/.vst3/"MSDM Stems.vst3" >/dev/null 2>&1
+
+# Peak of a WAV file (PCM 16/24/32 or float 32), printed as a number.
+peak() {
+  python3 - "$1" <<'PY'
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+pos, fmt, bits, data = 12, None, None, None
+while pos + 8 <= len(d):
+    cid, size = d[pos:pos+4], struct.unpack('<I', d[pos+4:pos+8])[0]
+    body = d[pos+8:pos+8+size]
+    if cid == b'fmt ':
+        fmt, bits = struct.unpack('<H', body[0:2])[0], struct.unpack('<H', body[14:16])[0]
+        if fmt == 0xFFFE: fmt = struct.unpack('<H', body[24:26])[0]
+    elif cid == b'data':
+        data = body
+    pos += 8 + size + (size & 1)
+w = bits // 8
+if fmt == 3: vals = struct.unpack('<%df' % (len(data) // 4), data[:len(data)//4*4])
+else:
+    n = len(data) // w
+    vals = [int.from_bytes(data[i*w:(i+1)*w], 'little', signed=True) / float(1 << (bits - 1)) for i in range(n)]
+print(max((abs(v) for v in vals), default=0.0))
+PY
+}
+
+work=$(mktemp -d); bad=0
+for i in $(seq 1 "$runs"); do
+  d=$work/$i; mkdir -p "$d"
+  MSDM_CACHE_DIR=$d/cache ARDOUR_CHECK_DIR=$d timeout 300 ardour7-lua "$here/ardour_session.lua" >"$d/log" 2>&1; rc=$?
+  val() { grep -m1 "^$1" "$d/log" | awk '{print $2}'; }
+  why=""
+  [ $rc = 0 ] && grep -q '^DONE' "$d/log" || why="ardour exited with $rc: $(grep -E -i 'corrupt|double free|invalid|munmap|abort|segmentation|assert' "$d/log" | grep -v -i mp3 | head -1)"
+  [ -z "$why" ] && [ "$(val OUTPUTS)" != 10 ] && why="plugin reports $(val OUTPUTS) outputs, expected 10"
+  [ -z "$why" ] && [ "$(val RENDERED)" != yes ] && why="the render did not reach the stem cache"
+  wav=$(find "$d/out" -name '*.wav' 2>/dev/null | head -1)
+  [ -z "$why" ] && [ -z "$wav" ] && why="no exported file"
+  p=$([ -n "$wav" ] && peak "$wav" || echo 0)
+  [ -z "$why" ] && python3 -c "import sys; sys.exit(0 if float('$p') > 1e-3 else 1)" || { [ -z "$why" ] && why="exported file is silent (peak $p)"; }
+  [ -z "$why" ] && [ "$(val RELOADED_INSTANCES)" != 1 ] && why="plugin not found after reload"
+  # The plugin's state (base64 in the session file) must hold the take it rendered.
+  state=$(grep -o '<chunk>[^<]*' "$d/sess/sess.ardour" 2>/dev/null | head -1 | sed 's/<chunk>//' | base64 -d 2>/dev/null | tr -d '\0')
+  [ -z "$why" ] && ! grep -q stems_key <<<"$state" && why="the saved plugin state holds no take"
+  if [ -z "$why" ]; then
+    echo "run $i: ok (outputs $(val OUTPUTS), export peak $p, reloaded with its take)"
+  else
+    bad=$((bad+1)); echo "run $i: FAILED: $why (log: $d/log)"
+  fi
+done
+echo "$((runs-bad)) of $runs runs passed"
+[ $bad = 0 ]
