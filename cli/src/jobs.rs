@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use msdm::args::GivenStem;
 use msdm::audio::{self, AudioBuffer, AudioReader, OutputPolicy, ReadOptions, SampleFormat, WavStreamWriter};
 use msdm::model_file::{bundled_model_path, Model};
 use msdm::separation::{self, FrameSource};
@@ -182,14 +183,7 @@ pub fn separation_settings(model: &Model, likelihood: LikelihoodArg, constrained
 }
 
 fn constrained_index(model: &Model, name: &str) -> Result<usize> {
-    let stems = &model.meta.stems;
-    match name.parse::<usize>() {
-        Ok(i) if i < stems.len() => Ok(i),
-        Ok(i) => bail!("--constrained-source {i}: the model has stems 0..{}", stems.len() - 1),
-        Err(_) => stems.iter().position(|s| s == name).with_context(|| {
-            format!("--constrained-source '{name}' is not one of the model's stems ({})", stems.join(", "))
-        }),
-    }
+    msdm::args::constrained_index(&model.meta.stems, name)
 }
 
 pub fn separate(
@@ -214,24 +208,14 @@ pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u
 
 pub fn impute(given: &[String], out: &OutputArgs, sampling: &SamplingArgs) -> Result<()> {
     let model = job_model(out)?;
-    let stems = &model.meta.stems;
-    let mut files: Vec<Option<AudioBuffer>> = vec![None; stems.len()];
+    let parsed = msdm::args::parse_given(given, &model.meta.stems)?;
+    let mut files: Vec<Option<AudioBuffer>> = vec![None; parsed.len()];
     let mut silent = Vec::new();
-    for g in given {
-        let (name, file) = g
-            .split_once('=')
-            .with_context(|| format!("--given '{g}': expected NAME=FILE, e.g. --given drums=drums.wav"))?;
-        let i = stems
-            .iter()
-            .position(|s| s == name)
-            .with_context(|| format!("--given '{g}': '{name}' is not one of the model's stems ({})", stems.join(", ")))?;
-        if files[i].is_some() || silent.contains(&i) {
-            bail!("--given: stem '{name}' is given twice");
-        }
-        if file == "silence" {
-            silent.push(i);
-        } else {
-            files[i] = Some(audio::read_audio(Path::new(file))?);
+    for (i, g) in parsed.into_iter().enumerate() {
+        match g {
+            Some(GivenStem::Silence) => silent.push(i),
+            Some(GivenStem::File(path)) => files[i] = Some(audio::read_audio(&path)?),
+            None => {}
         }
     }
     let Some(first) = files.iter().flatten().next().cloned() else {

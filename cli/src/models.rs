@@ -74,8 +74,8 @@ pub fn export(model: &Path, output: &Path, f16: bool, defaults: Option<&Path>, c
         let v: serde_json::Value = serde_json::from_str(&text)?;
         for key in ["separate", "generate", "impute"] {
             if let Some(s) = v.get(key) {
-                serde_json::from_value::<msdm::tasks::Settings>(s.clone())
-                    .map_err(|e| anyhow::anyhow!("defaults.{key} in '{}' is not a valid settings object: {e}", path.display()))?;
+                msdm::args::parse_settings(s)
+                    .map_err(|e| anyhow::anyhow!("defaults.{key} in '{}' is not a valid settings object: {e:#}", path.display()))?;
             }
         }
         info.insert("defaults".to_string(), v);

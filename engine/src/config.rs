@@ -195,6 +195,58 @@ impl ModelConfig {
         self.channels * 4
     }
 
+    /// Refuses sizes past [`MAX_CONFIG_SIZE`] / [`MAX_CONFIG_LEVELS`] and a length multiple past
+    /// [`MAX_LENGTH_MULTIPLE`]. Configs come from model files and checkpoints, and the network's
+    /// shapes are products of these numbers: within the bounds no product overflows, and no
+    /// division by zero is possible.
+    fn check_bounds(&self) -> Result<()> {
+        let sizes = [
+            ("in_channels", self.in_channels),
+            ("channels", self.channels),
+            ("patch_factor", self.patch_factor),
+            ("patch_blocks", self.patch_blocks),
+            ("resnet_groups", self.resnet_groups),
+            ("kernel_multiplier_downsample", self.kernel_multiplier_downsample),
+            ("attention_heads", self.attention_heads),
+            ("attention_features", self.attention_features),
+            ("attention_multiplier", self.attention_multiplier),
+        ];
+        let lists = [
+            ("multipliers", &self.multipliers),
+            ("factors", &self.factors),
+            ("num_blocks", &self.num_blocks),
+        ];
+        let listed = lists.iter().flat_map(|(k, v)| v.iter().map(move |&x| (*k, x)));
+        let kernels = self.kernel_sizes_init.iter().flatten().map(|&x| ("kernel_sizes_init", x));
+        if let Some((key, v)) = sizes.into_iter().chain(listed).chain(kernels).find(|&(_, v)| v > MAX_CONFIG_SIZE) {
+            bail!("model config: `{key}` is {v}, more than {MAX_CONFIG_SIZE} (MAX_CONFIG_SIZE): not a real model (damaged file?)");
+        }
+        if self.resnet_groups == 0 {
+            bail!("model config: resnet_groups must be positive");
+        }
+        let longest = [self.multipliers.len(), self.factors.len(), self.num_blocks.len(), self.attentions.len()];
+        let longest = longest.into_iter().chain(self.kernel_sizes_init.as_ref().map(Vec::len)).max().unwrap_or(0);
+        if longest > MAX_CONFIG_LEVELS + 1 {
+            bail!("model config: a list of {longest} levels, more than {MAX_CONFIG_LEVELS} (MAX_CONFIG_LEVELS)");
+        }
+        let multiple = self
+            .factors
+            .iter()
+            .try_fold(self.patch_factor.checked_pow(self.patch_blocks as u32), |m, &f| m.map(|m| m.checked_mul(f)))
+            .flatten()
+            .filter(|&m| m <= MAX_LENGTH_MULTIPLE);
+        if multiple.is_none() {
+            bail!(
+                "model config: patch_factor^patch_blocks x the factors is more than {MAX_LENGTH_MULTIPLE} (MAX_LENGTH_MULTIPLE): \
+                 not a real model (damaged file?)"
+            );
+        }
+        if !self.diffusion_sigma_data.is_finite() || !self.diffusion_sigma_distribution.mean.is_finite() || !self.diffusion_sigma_distribution.std.is_finite() {
+            bail!("model config: diffusion_sigma_data and diffusion_sigma_distribution must be finite");
+        }
+        Ok(())
+    }
+
     /// Input lengths must be a multiple of this.
     pub fn length_multiple(&self) -> usize {
         self.patch_factor.pow(self.patch_blocks as u32) * self.factors.iter().product::<usize>()
@@ -202,6 +254,7 @@ impl ModelConfig {
 
     /// Checks that the network can be built from this configuration.
     pub fn validate(&self) -> Result<()> {
+        self.check_bounds()?;
         let n = self.num_layers();
         if n == 0 {
             bail!("model config: `multipliers` needs at least two entries");
@@ -281,9 +334,39 @@ impl ModelConfig {
     }
 }
 
+/// Largest number accepted in a config (channels, factors, heads, ...): 4,096. The paper's largest
+/// is 256 channels; products of a few such numbers stay far from overflowing.
+pub const MAX_CONFIG_SIZE: usize = 4096;
+/// Most U-Net levels accepted (the paper has 6).
+pub const MAX_CONFIG_LEVELS: usize = 32;
+/// Largest length multiple (patch_factor^patch_blocks x the factors) accepted: 2^24 samples,
+/// 12.7 minutes at 22,050 Hz; the paper's is 8,192.
+pub const MAX_LENGTH_MULTIPLE: usize = 1 << 24;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_from_files_are_bounded_before_any_arithmetic() {
+        let err = |f: &dyn Fn(&mut ModelConfig)| {
+            let mut c = ModelConfig::paper();
+            f(&mut c);
+            format!("{:#}", c.validate().unwrap_err())
+        };
+        assert!(err(&|c| c.resnet_groups = 0).contains("resnet_groups must be positive"));
+        let e = err(&|c| c.channels = usize::MAX);
+        assert!(e.contains("`channels` is 18446744073709551615, more than 4096 (MAX_CONFIG_SIZE)"), "{e}");
+        let e = err(&|c| c.multipliers[3] = 1 << 40);
+        assert!(e.contains("`multipliers` is 1099511627776"), "{e}");
+        let e = err(&|c| c.factors = vec![4096; 6]);
+        assert!(e.contains("(MAX_LENGTH_MULTIPLE)"), "{e}");
+        let e = err(&|c| c.patch_blocks = 64);
+        assert!(e.contains("(MAX_LENGTH_MULTIPLE)"), "{e}");
+        let e = err(&|c| c.diffusion_sigma_data = f64::INFINITY);
+        assert!(e.contains("must be finite"), "{e}");
+        ModelConfig::paper().validate().unwrap();
+    }
 
     #[test]
     fn reference_yaml_keys_parse() {

@@ -13,6 +13,7 @@
 //! - [`separation`]: separating a mix of any length as a stream, in flat memory;
 //! - [`model_file`]: our self-describing safetensors model format.
 
+pub mod args;
 pub mod config;
 pub mod denoiser;
 pub mod device;

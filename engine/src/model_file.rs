@@ -15,6 +15,12 @@ use crate::unet::params::{FreshParams, TensorMap};
 use crate::unet::UNet1d;
 
 pub const FORMAT_KEY: &str = "msdm.format";
+
+/// Largest safetensors header (JSON) read: 100 MB, the safetensors crate's own limit. A model's
+/// header lists its tensors (names, shapes, offsets) and its metadata: the paper model's is
+/// about 100 KB. The length is the file's first 8 bytes, so it is checked (against this and the
+/// file's real size) before the header is read into memory.
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 pub const FORMAT_VERSION: &str = "1";
 
 /// What a model file says about itself besides its weights.
@@ -175,8 +181,17 @@ impl Model {
     fn from_reader(len: u64, read: impl Fn(u64, usize) -> Result<Vec<u8>>, device: &Device) -> Result<Self> {
         const NOT_SAFETENSORS: &str = "not a safetensors file (import a PyTorch checkpoint with `msdm import` first)";
         let header_len = read(0, 8).ok().map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).context(NOT_SAFETENSORS)?;
-        if header_len > 100_000_000 || 8 + header_len > len {
-            bail!(NOT_SAFETENSORS);
+        if header_len > MAX_HEADER_BYTES {
+            bail!(
+                "{NOT_SAFETENSORS}: its header length field says {header_len} bytes, more than the {MAX_HEADER_BYTES}-byte \
+                 limit (MAX_HEADER_BYTES)"
+            );
+        }
+        if 8 + header_len > len {
+            bail!(
+                "{NOT_SAFETENSORS}, or it is truncated: its header length field says {header_len} bytes but the file has \
+                 only {len} bytes (download or export it again)"
+            );
         }
         let header: safetensors::tensor::Metadata =
             serde_json::from_slice(&read(8, header_len as usize)?).context(NOT_SAFETENSORS)?;
@@ -205,6 +220,7 @@ impl Model {
                      (download or export it again)"
                 );
             }
+            // The safetensors crate checked shape x dtype == end - start when it parsed the header.
             let bytes = read(data_start + start as u64, end - start)?;
             let view = safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), &bytes)
                 .map_err(|e| anyhow::anyhow!("the model file is damaged: tensor '{name}': {e}"))?;
@@ -355,5 +371,80 @@ mod tests {
         std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
         let err = format!("{:#}", Model::load(&cut, &Device::Cpu).err().unwrap());
         assert!(err.contains("damaged or truncated"), "{err}");
+    }
+
+    fn load_err(bytes: &[u8]) -> String {
+        format!("{:#}", Model::from_bytes(bytes, &Device::Cpu).err().expect("loading should fail"))
+    }
+
+    #[test]
+    fn header_lengths_and_tensor_ranges_are_checked_against_the_file() {
+        // a header length of 2^64 - 1: refused before anything is allocated
+        let mut bytes = u64::MAX.to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        let err = load_err(&bytes);
+        assert!(err.contains("header length field says 18446744073709551615 bytes"), "{err}");
+        assert!(err.contains("(MAX_HEADER_BYTES)"), "{err}");
+        // a plausible header length, past the end of the file
+        let mut bytes = 5000u64.to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        let err = load_err(&bytes);
+        assert!(err.contains("header length field says 5000 bytes but the file has only 10 bytes"), "{err}");
+
+        // a real model whose last tensor claims 2^36 floats (256 GiB) past the end of the file
+        let m = Model::random(ModelConfig::tiny(), 3, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        m.save(&p, StoreDType::F16).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let (last, start) = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.get("data_offsets")?[0].as_u64()?)))
+            .max_by_key(|(_, s)| *s)
+            .unwrap();
+        let huge = 1u64 << 36;
+        header[&last] = serde_json::json!({"dtype": "F32", "shape": [huge], "data_offsets": [start, start + 4 * huge]});
+        let text = serde_json::to_vec(&header).unwrap();
+        let mut forged = (text.len() as u64).to_le_bytes().to_vec();
+        forged.extend(&text);
+        forged.extend(&bytes[8 + n..]);
+        let err = load_err(&forged);
+        assert!(err.contains(&format!("tensor '{last}' lies at bytes {start}..{}", start + 4 * huge)), "{err}");
+        assert!(err.contains("damaged or truncated"), "{err}");
+    }
+
+    /// Writes the `model_file` fuzz target's seed (docs/fuzzing.md): the smallest valid model.
+    #[test]
+    #[ignore = "writes fuzz/corpus/model_file/; run by hand after a format change"]
+    fn write_fuzz_seed() {
+        let config = ModelConfig {
+            in_channels: 1,
+            channels: 4,
+            patch_factor: 2,
+            patch_blocks: 1,
+            resnet_groups: 1,
+            kernel_multiplier_downsample: 2,
+            multipliers: vec![1, 1],
+            factors: vec![2],
+            num_blocks: vec![1],
+            attentions: vec![false],
+            attention_heads: 1,
+            attention_features: 2,
+            attention_multiplier: 1,
+            use_attention_bottleneck: false,
+            ..ModelConfig::paper()
+        };
+        let m = Model::random(config, 1, &Device::Cpu).unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/model_file");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("smallest_f16.safetensors");
+        m.save(&p, StoreDType::F16).unwrap();
+        let size = std::fs::metadata(&p).unwrap().len();
+        assert!(size < 64_000, "{size} bytes");
+        assert_eq!(Model::load(&p, &Device::Cpu).unwrap().id(), Model::load(&p, &Device::Cpu).unwrap().id());
     }
 }

@@ -213,6 +213,8 @@ struct Pipeline<'m> {
 
 impl<'m> Pipeline<'m> {
     fn new(model: &'m Model, source: &dyn FrameSource, settings: &Settings) -> Result<Self> {
+        // Settings can come from a model file's metadata: their caps apply here as in tasks::run.
+        settings.validate()?;
         let (rate, in_ch) = (source.rate(), source.channels());
         if in_ch == 0 {
             anyhow::bail!("the mix is empty: there is no audio to process");

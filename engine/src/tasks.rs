@@ -39,6 +39,13 @@ pub enum Job {
     Generate { seconds: f64, rate: u32, channels: usize },
 }
 
+/// Most sampler steps accepted (the paper uses 150-256; each step is a network call per window).
+pub const MAX_STEPS: usize = 10_000;
+/// Most resamples per step accepted (the paper uses 1-2).
+pub const MAX_RESAMPLES: usize = 100;
+/// Most windows per network call accepted (the default is 8; memory grows with it).
+pub const MAX_BATCH: usize = 1024;
+
 /// Sampler settings of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -130,15 +137,33 @@ impl Settings {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings are usable. They can come from a model file's metadata or a JSON
+    /// file, so the counts that size work and buffers are capped ([`MAX_STEPS`],
+    /// [`MAX_RESAMPLES`], [`MAX_BATCH`]) and every float must be finite.
+    pub fn validate(&self) -> Result<()> {
         if self.steps == 0 || self.resamples == 0 {
             bail!("steps and resamples must be at least 1");
         }
-        if !(self.sigma_min > 0.0 && self.sigma_max > self.sigma_min && self.rho > 0.0) {
-            bail!("need 0 < sigma_min < sigma_max and rho > 0");
+        if self.steps > MAX_STEPS || self.resamples > MAX_RESAMPLES {
+            bail!(
+                "steps {} x resamples {}: at most {MAX_STEPS} steps and {MAX_RESAMPLES} resamples (the paper uses 150-256 steps and 1-2 resamples)",
+                self.steps,
+                self.resamples
+            );
         }
-        if !(self.churn >= 0.0) {
-            bail!("churn must be ≥ 0");
+        if self.batch > MAX_BATCH {
+            bail!("batch {}: at most {MAX_BATCH}", self.batch);
+        }
+        if !(self.sigma_min > 0.0 && self.sigma_max > self.sigma_min && self.sigma_max.is_finite() && self.rho > 0.0 && self.rho.is_finite()) {
+            bail!("need 0 < sigma_min < sigma_max and rho > 0, all finite");
+        }
+        if !(self.churn >= 0.0 && self.churn.is_finite()) {
+            bail!("churn must be finite and ≥ 0");
+        }
+        if let Likelihood::Gaussian { gamma_coeff } = self.likelihood {
+            if !(gamma_coeff >= 0.0 && gamma_coeff.is_finite()) {
+                bail!("the Gaussian likelihood's gamma_coeff must be finite and ≥ 0 (got {gamma_coeff})");
+            }
         }
         Ok(())
     }

@@ -24,9 +24,49 @@ use symphonia::core::codecs::{
 };
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::FormatOptions;
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
-use symphonia::core::probe::Hint;
+use symphonia::core::probe::{Hint, Probe};
+use std::sync::OnceLock;
+
+/// Highest sample rate accepted (768 kHz, the highest rate audio interfaces offer). Header fields
+/// are claims: a larger one is refused before it is used to size anything.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+
+/// Most channels accepted (32: beyond any surround or ambisonic mix one would separate).
+pub const MAX_CHANNELS: usize = 32;
+
+/// Most samples (frames x channels) decoded from one file: 2 hours of stereo at 192 kHz
+/// (2,764,800,000 samples, 11 GB as f32 when read whole). It is checked against the header's
+/// frame count before decoding and against the decoded count as decoding goes, so neither a lying
+/// header nor a stream that decodes on and on can get past it.
+pub const MAX_DECODED_SAMPLES: u64 = 2 * 3600 * 192_000 * 2;
+
+/// Frames reserved up front for a codec whose frames' size in the file is unknown (compressed):
+/// the header's frame count is only a claim, so buffers grow past this as audio really arrives.
+const MAX_RESERVED_FRAMES: usize = 1 << 20;
+
+/// symphonia's default probe without its AAC/ADTS reader: that reader's probe panics on a
+/// 68-byte crafted file (subtract overflow in `approximate_frame_count`, symphonia 0.5.5; found
+/// by the `audio_decode` fuzzer, tests/fixtures/fuzz/audio_decode/) and ADTS is not a format we
+/// promise. Every other container symphonia knows is kept.
+fn probe() -> &'static Probe {
+    static PROBE: OnceLock<Probe> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        use symphonia::default::formats::*;
+        let mut probe = Probe::default();
+        probe.register_all::<CafReader>();
+        probe.register_all::<FlacReader>();
+        probe.register_all::<IsoMp4Reader>();
+        probe.register_all::<MpaReader>();
+        probe.register_all::<AiffReader>();
+        probe.register_all::<WavReader>();
+        probe.register_all::<OggReader>();
+        probe.register_all::<MkvReader>();
+        probe.register_all::<symphonia_metadata::id3v2::Id3v2Reader>();
+        probe
+    })
+}
 
 /// Formats we promise to read (symphonia may read more).
 const SUPPORTED: &str = "WAV, FLAC, MP3 and OGG Vorbis";
@@ -62,8 +102,23 @@ pub fn read_audio(path: &Path) -> Result<AudioBuffer> {
 /// corrupt or truncated data, no samples, NaN/Inf samples, or audio longer than
 /// `opts.max_duration_s`.
 pub fn read_audio_with(path: &Path, opts: &ReadOptions) -> Result<AudioBuffer> {
-    let mut reader = AudioReader::open(path, opts)?;
-    let expected = reader.frames_hint().unwrap_or(0).min((opts.max_duration_s.max(0.0) * reader.rate() as f64) as usize + 1);
+    read_all(AudioReader::open(path, opts)?, opts)
+}
+
+/// Decodes an audio file held in memory (e.g. by a fuzzer or a plugin host) with the checks of
+/// [`read_audio_with`]; `name` names it in errors and its extension, if any, hints the format.
+pub fn read_audio_bytes(bytes: Vec<u8>, name: &str, opts: &ReadOptions) -> Result<AudioBuffer> {
+    let ext = Path::new(name).extension().and_then(|e| e.to_str()).map(str::to_string);
+    let source = Box::new(std::io::Cursor::new(bytes));
+    read_all(AudioReader::open_source(source, name.to_string(), ext.as_deref(), opts)?, opts)
+}
+
+fn read_all(mut reader: AudioReader, opts: &ReadOptions) -> Result<AudioBuffer> {
+    let expected = reader
+        .frames_hint()
+        .unwrap_or(0)
+        .min((opts.max_duration_s.max(0.0) * reader.rate() as f64) as usize + 1)
+        .min(reader.reservable_frames());
     let mut channels: Vec<Vec<f32>> = Vec::new();
     while let Some(chunk) = reader.next_chunk()? {
         if channels.is_empty() {
@@ -94,6 +149,8 @@ pub struct AudioReader {
     done: bool,
     /// A chunk decoded early to learn the rate or channel count the header did not give.
     peeked: Option<Vec<Vec<f32>>>,
+    /// The file's size in bytes, if known: PCM cannot hold more frames than it has bytes for.
+    source_len: Option<u64>,
 }
 
 impl AudioReader {
@@ -107,13 +164,19 @@ impl AudioReader {
             bail!("{shown} is a directory, not an audio file");
         }
         let file = File::open(path).with_context(|| format!("cannot open audio file {shown}"))?;
-        let stream = MediaSourceStream::new(Box::new(file), Default::default());
+        Self::open_source(Box::new(file), shown, path.extension().and_then(|e| e.to_str()), opts)
+    }
+
+    /// Opens and probes audio from any source; `shown` names it in errors, `ext` hints the format.
+    pub fn open_source(source: Box<dyn MediaSource>, shown: String, ext: Option<&str>, opts: &ReadOptions) -> Result<Self> {
+        let source_len = source.byte_len();
+        let stream = MediaSourceStream::new(source, Default::default());
         let mut hint = Hint::new();
-        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+        if let Some(ext) = ext {
             hint.with_extension(ext);
         }
         let format_opts = FormatOptions { enable_gapless: true, ..Default::default() };
-        let probed = symphonia::default::get_probe()
+        let probed = probe()
             .format(&hint, stream, &format_opts, &MetadataOptions::default())
             .map_err(|e| match e {
                 SymError::Unsupported(_) => anyhow::anyhow!(
@@ -152,7 +215,9 @@ impl AudioReader {
             samples: None,
             done: false,
             peeked: None,
+            source_len,
         };
+        check_format(&reader.shown, reader.rate, reader.channels)?;
         if let Some(n) = reader.params.n_frames {
             reader.check_length(n)?;
         }
@@ -179,7 +244,27 @@ impl AudioReader {
         self.params.n_frames.map(|n| n as usize)
     }
 
+    /// How many frames a buffer may reserve before audio arrives: PCM's frames are bounded by the
+    /// file's size; other codecs get [`MAX_RESERVED_FRAMES`] and grow.
+    fn reservable_frames(&self) -> usize {
+        let bytes_per_frame = self.params.bits_per_sample.filter(|_| is_pcm(&self.params)).map(|b| (b as u64).div_ceil(8) * self.channels.max(1) as u64);
+        match (bytes_per_frame, self.source_len) {
+            (Some(b), Some(len)) if b > 0 => (len / b) as usize,
+            _ => MAX_RESERVED_FRAMES,
+        }
+    }
+
     fn check_length(&self, frames: u64) -> Result<()> {
+        let samples = frames.saturating_mul(self.channels.max(1) as u64);
+        if samples > MAX_DECODED_SAMPLES {
+            bail!(
+                "{} is too long: {frames} frames x {} channels is more than {MAX_DECODED_SAMPLES} samples \
+                 (MAX_DECODED_SAMPLES, 2 hours of stereo at 192 kHz); cut it into shorter pieces (or the header's frame count \
+                 is damaged: re-export it)",
+                self.shown,
+                self.channels.max(1)
+            );
+        }
         if self.rate > 0 && frames as f64 / self.rate as f64 > self.opts.max_duration_s {
             bail!(
                 "{} is too long: {:.1} s or more of audio (the limit is {:.1} s); cut it into shorter pieces",
@@ -228,6 +313,7 @@ impl AudioReader {
             };
             let spec = *decoded.spec();
             let n_ch = spec.channels.count();
+            check_format(&shown, spec.rate, n_ch)?;
             if self.frames == 0 {
                 self.channels = n_ch;
                 self.rate = spec.rate;
@@ -274,6 +360,26 @@ impl AudioReader {
     }
 }
 
+/// Refuses a sample rate or channel count past [`MAX_SAMPLE_RATE`] / [`MAX_CHANNELS`]
+/// (0 means "not known yet" and is left to the decoder).
+fn check_format(shown: &str, rate: u32, channels: usize) -> Result<()> {
+    if rate > MAX_SAMPLE_RATE {
+        bail!(
+            "{}: its sample rate field says {rate} Hz, more than the {MAX_SAMPLE_RATE} Hz this program accepts \
+             (MAX_SAMPLE_RATE): the file is damaged, or resample it first, e.g. `ffmpeg -i <file> -ar 48000 out.wav`",
+            shown
+        );
+    }
+    if channels > MAX_CHANNELS {
+        bail!(
+            "{}: its channel count field says {channels} channels, more than the {MAX_CHANNELS} this program accepts \
+             (MAX_CHANNELS): the file is damaged, or downmix it first, e.g. `ffmpeg -i <file> -ac 2 out.wav`",
+            shown
+        );
+    }
+    Ok(())
+}
+
 /// Frames per plane in a sample buffer holding one decoded packet.
 fn decoded_frames(buf: &SampleBuffer<f32>, channels: usize) -> usize {
     buf.samples().len() / channels.max(1)
@@ -287,12 +393,15 @@ fn length_is_exact(params: &CodecParameters) -> bool {
     if params.codec == CODEC_TYPE_MP3 {
         return params.delay.is_some();
     }
+    matches!(params.codec, CODEC_TYPE_VORBIS | CODEC_TYPE_FLAC | CODEC_TYPE_ALAC) || is_pcm(params)
+}
+
+/// Uncompressed PCM: every frame takes `bits_per_sample / 8 x channels` bytes of the file.
+fn is_pcm(params: &CodecParameters) -> bool {
+    use symphonia::core::codecs::*;
     matches!(
         params.codec,
-        CODEC_TYPE_VORBIS
-            | CODEC_TYPE_FLAC
-            | CODEC_TYPE_ALAC
-            | CODEC_TYPE_PCM_S8
+        CODEC_TYPE_PCM_S8
             | CODEC_TYPE_PCM_U8
             | CODEC_TYPE_PCM_S16LE
             | CODEC_TYPE_PCM_S16BE

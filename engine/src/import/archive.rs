@@ -3,24 +3,30 @@
 //! save time, so it varies and is discovered here.
 
 use super::pickle::{StorageDtype, TensorRef};
+use super::ImportLimits;
 use anyhow::{bail, Context, Result};
-use std::fs::File;
-use std::io::{BufReader, Read};
-use std::path::Path;
+use std::io::{Read, Seek, SeekFrom};
 
-pub struct TorchArchive {
-    zip: zip::ZipArchive<BufReader<File>>,
+pub struct TorchArchive<R: Read + Seek> {
+    zip: zip::ZipArchive<R>,
     /// `<top>/`, including the slash (empty if the pickle sits at the root).
     prefix: String,
     source: String,
+    limits: ImportLimits,
+    /// The archive's real size in bytes: no entry can hold more compressed data than this.
+    file_len: u64,
 }
 
-impl TorchArchive {
-    pub fn open(path: &Path) -> Result<Self> {
-        let source = path.display().to_string();
-        let mut file = File::open(path).with_context(|| format!("cannot open checkpoint '{source}'"))?;
+/// Deflate's largest possible expansion (a 2-bit code per 258-byte run): an entry cannot inflate
+/// to more than this many times its compressed size, so no buffer is sized past that.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+impl<R: Read + Seek> TorchArchive<R> {
+    /// Opens the archive read from `reader`; `source` names it in errors.
+    pub fn new(mut reader: R, source: &str, limits: &ImportLimits) -> Result<Self> {
+        let source = source.to_string();
         let mut magic = [0u8; 4];
-        let n = file.read(&mut magic).with_context(|| format!("cannot read checkpoint '{source}'"))?;
+        let n = reader.read(&mut magic).with_context(|| format!("cannot read checkpoint '{source}'"))?;
         if n >= 2 && magic[0] == 0x80 && magic[1] <= 5 {
             bail!(
                 "'{source}' is a legacy (pre-zip) torch.save file, not a zip torch checkpoint; re-save it with \
@@ -30,8 +36,9 @@ impl TorchArchive {
         if n < 4 || &magic != b"PK\x03\x04" {
             bail!("'{source}' is not a zip torch checkpoint (no zip signature); expected a PyTorch Lightning .ckpt file");
         }
-        let file = File::open(path).with_context(|| format!("cannot open checkpoint '{source}'"))?;
-        let zip = zip::ZipArchive::new(BufReader::new(file)).with_context(|| {
+        let file_len = reader.seek(SeekFrom::End(0)).with_context(|| format!("cannot read checkpoint '{source}'"))?;
+        reader.seek(SeekFrom::Start(0)).with_context(|| format!("cannot read checkpoint '{source}'"))?;
+        let zip = zip::ZipArchive::new(reader).with_context(|| {
             format!("'{source}' is not a readable zip torch checkpoint (truncated or corrupted download?)")
         })?;
         let pkl = zip
@@ -41,8 +48,8 @@ impl TorchArchive {
             .map(str::to_string)
             .with_context(|| format!("'{source}' is a zip file but not a torch checkpoint (no data.pkl inside)"))?;
         let prefix = pkl[..pkl.len() - "data.pkl".len()].to_string();
-        let mut archive = Self { zip, prefix, source };
-        if let Ok(order) = archive.read_entry("byteorder") {
+        let mut archive = Self { zip, prefix, source, limits: limits.clone(), file_len };
+        if let Ok(order) = archive.read_entry("byteorder", 16, "for a byteorder entry") {
             if order.trim_ascii() == b"big" {
                 bail!("'{}' was saved on a big-endian machine; this is not supported", archive.source);
             }
@@ -50,22 +57,83 @@ impl TorchArchive {
         Ok(archive)
     }
 
-    fn read_entry(&mut self, name: &str) -> Result<Vec<u8>> {
+    /// Reads entry `<top>/name`, refusing (before allocating) an entry that declares or inflates
+    /// to more than `cap` bytes: the zip header's size is a claim, so the data is read through
+    /// `take(cap + 1)` as well. `cap_name` is the limit's name for the error message.
+    fn read_entry(&mut self, name: &str, cap: u64, cap_name: &str) -> Result<Vec<u8>> {
         let full = format!("{}{name}", self.prefix);
-        let mut f = self.zip.by_name(&full).with_context(|| format!("'{}': missing archive entry '{full}'", self.source))?;
-        let mut buf = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut buf).with_context(|| format!("'{}': cannot read archive entry '{full}' (corrupted file?)", self.source))?;
+        let source = &self.source;
+        let f = self.zip.by_name(&full).with_context(|| format!("'{source}': missing archive entry '{full}'"))?;
+        let declared = f.size();
+        let too_big = |size: &str| {
+            anyhow::anyhow!(
+                "'{source}': archive entry '{full}' {size}, more than the {cap}-byte limit {cap_name}: \
+                 not a checkpoint this program can import (a damaged or hostile file?)"
+            )
+        };
+        if declared > cap {
+            return Err(too_big(&format!("declares {declared} bytes")));
+        }
+        let compressed = f.compressed_size();
+        if compressed > self.file_len {
+            bail!(
+                "'{source}': archive entry '{full}' claims {compressed} bytes of data but the file has only {}: \
+                 truncated or corrupted download (download it again)",
+                self.file_len
+            );
+        }
+        // The declared size is trusted only as far as the compressed data could really provide.
+        let mut buf = Vec::with_capacity(declared.min(compressed.saturating_mul(MAX_DEFLATE_RATIO)) as usize);
+        f.take(cap + 1)
+            .read_to_end(&mut buf)
+            .with_context(|| format!("'{source}': cannot read archive entry '{full}' (corrupted file?)"))?;
+        if buf.len() as u64 > cap {
+            return Err(too_big("inflates to more bytes than its header declares"));
+        }
         Ok(buf)
     }
 
     /// The pickled object tree.
     pub fn data_pkl(&mut self) -> Result<Vec<u8>> {
-        self.read_entry("data.pkl")
+        self.read_entry("data.pkl", self.limits.max_pickle_bytes, "(MAX_PICKLE_BYTES)")
     }
 
-    /// Raw bytes of the storage with this key.
-    pub fn storage(&mut self, key: &str) -> Result<Vec<u8>> {
-        self.read_entry(&format!("data/{key}"))
+    /// Raw bytes of the storage with this key; `expected` is the size in bytes the pickle gives
+    /// it, if it does. A storage of another size is refused before it is read.
+    pub fn storage(&mut self, key: &str, expected: Option<u64>) -> Result<Vec<u8>> {
+        let full = format!("{}data/{key}", self.prefix);
+        if let Some(expected) = expected {
+            if expected > self.limits.max_storage_bytes {
+                bail!(
+                    "'{}': the pickle gives storage '{full}' {expected} bytes, more than the {}-byte limit (MAX_STORAGE_BYTES): \
+                     not a checkpoint this program can import (a damaged or hostile file?)",
+                    self.source,
+                    self.limits.max_storage_bytes
+                );
+            }
+            let declared = self.zip.by_name(&full).map(|f| f.size()).ok();
+            if let Some(declared) = declared.filter(|&d| d != expected) {
+                bail!(
+                    "'{}': archive entry '{full}' holds {declared} bytes but the pickle says its storage has {expected}: \
+                     corrupted checkpoint (download it again)",
+                    self.source
+                );
+            }
+        }
+        let (cap, cap_name) = match expected {
+            Some(e) => (e, "(the storage size the pickle gives)"),
+            None => (self.limits.max_storage_bytes, "(MAX_STORAGE_BYTES)"),
+        };
+        let bytes = self.read_entry(&format!("data/{key}"), cap, cap_name)?;
+        if let Some(expected) = expected.filter(|&e| e != bytes.len() as u64) {
+            bail!(
+                "'{}': archive entry '{full}' inflates to {} bytes but the pickle says its storage has {expected}: \
+                 corrupted checkpoint (download it again)",
+                self.source,
+                bytes.len()
+            );
+        }
+        Ok(bytes)
     }
 }
 
@@ -78,23 +146,46 @@ fn element(bytes: &[u8], dtype: StorageDtype, i: usize) -> f32 {
     }
 }
 
+/// The number of elements of a tensor of this size, if it fits in a `usize`.
+pub fn numel(size: &[usize]) -> Option<usize> {
+    size.iter().try_fold(1usize, |n, &s| n.checked_mul(s))
+}
+
 /// Materialises a (possibly strided, offset) view of a storage as a contiguous f32 vector.
+/// Sizes, strides and offsets come from the file, so all index arithmetic is checked, and a view
+/// with more elements than its storage (a broadcast, stride-0 view) is refused: weights never
+/// are one, and it would let a small storage ask for an arbitrarily large allocation.
 pub fn materialize(t: &TensorRef, storage: &[u8], name: &str) -> Result<Vec<f32>> {
     let esize = t.dtype.size_in_bytes();
     if !storage.len().is_multiple_of(esize) {
         bail!("tensor '{name}': storage '{}' has {} bytes, not a multiple of {esize}", t.storage_key, storage.len());
     }
     let numel_storage = storage.len() / esize;
-    let numel: usize = t.size.iter().product();
+    let past_end = || {
+        anyhow::anyhow!(
+            "tensor '{name}' (size {:?}, stride {:?}, offset {}) reaches past the end of its storage ({numel_storage} elements): corrupted checkpoint",
+            t.size, t.stride, t.offset
+        )
+    };
+    let numel = numel(&t.size).ok_or_else(past_end)?;
     if numel == 0 {
         return Ok(vec![]);
     }
-    let last = t.offset + t.size.iter().zip(&t.stride).map(|(&s, &st)| (s - 1) * st).sum::<usize>();
-    if last >= numel_storage {
+    if numel > numel_storage {
         bail!(
-            "tensor '{name}' (size {:?}, stride {:?}, offset {}) reaches past the end of its storage ({numel_storage} elements): corrupted checkpoint",
-            t.size, t.stride, t.offset
+            "tensor '{name}' (size {:?}, stride {:?}) has more elements than its storage ({numel_storage}): \
+             broadcast views are not supported in weights (corrupted checkpoint?)",
+            t.size, t.stride
         );
+    }
+    let last = t
+        .size
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |acc, (&s, &st)| (s - 1).checked_mul(st).and_then(|x| acc.checked_add(x)))
+        .ok_or_else(past_end)?;
+    if last >= numel_storage {
+        return Err(past_end());
     }
     let mut contiguous = true;
     let mut expect = 1;

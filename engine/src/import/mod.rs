@@ -17,6 +17,8 @@ use crate::config::ModelConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use pickle::Value;
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 /// A checkpoint read into memory: the network's configuration and its tensors (f32, row-major).
@@ -30,13 +32,60 @@ pub struct ImportedCheckpoint {
     pub info: serde_json::Value,
 }
 
+/// Largest `data.pkl` read (64 MiB). The pickle only describes the checkpoint (the weights are
+/// separate entries): the paper model's is well under 1 MiB even with its optimizer state, so a
+/// bigger one is not a checkpoint, and is refused before it is inflated into memory.
+pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// Largest single tensor storage read (4 GiB). torch saves one storage per tensor; the paper's
+/// 405M-parameter model is 1.6 GB in f32 in total, so even the whole model in one storage fits.
+pub const MAX_STORAGE_BYTES: u64 = 4 << 30;
+
+/// Most values (parameters) imported in total (2^31: 8 GiB as f32, 5x the paper model). Storages
+/// are read one at a time, so this bounds what the import holds at the end.
+pub const MAX_CHECKPOINT_VALUES: usize = 1 << 31;
+
+/// The caps applied while importing; [`Default`] gives the documented constants. Tests (and a
+/// caller on a small machine) can lower them.
+#[derive(Clone, Debug)]
+pub struct ImportLimits {
+    /// See [`MAX_PICKLE_BYTES`].
+    pub max_pickle_bytes: u64,
+    /// See [`MAX_STORAGE_BYTES`].
+    pub max_storage_bytes: u64,
+    /// See [`MAX_CHECKPOINT_VALUES`].
+    pub max_values: usize,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        Self { max_pickle_bytes: MAX_PICKLE_BYTES, max_storage_bytes: MAX_STORAGE_BYTES, max_values: MAX_CHECKPOINT_VALUES }
+    }
+}
+
 /// The prefixes under which the U-Net's tensors may be stored, most specific first.
 const PREFIXES: [&str; 4] = ["model.unet.", "unet.", "model.diffusion.net.", "diffusion.net."];
 
 /// Reads a PyTorch-Lightning `.ckpt` of an audio-diffusion-pytorch 0.0.43 `AudioDiffusionModel`.
 pub fn read_lightning_checkpoint(path: &Path) -> Result<ImportedCheckpoint> {
+    read_lightning_checkpoint_with(path, &ImportLimits::default())
+}
+
+/// [`read_lightning_checkpoint`] under other limits.
+pub fn read_lightning_checkpoint_with(path: &Path, limits: &ImportLimits) -> Result<ImportedCheckpoint> {
     let source = path.display().to_string();
-    let mut archive = archive::TorchArchive::open(path)?;
+    let file = File::open(path).with_context(|| format!("cannot open checkpoint '{source}'"))?;
+    read_checkpoint_from(BufReader::new(file), &source, limits)
+}
+
+/// A checkpoint held in memory (e.g. by a fuzzer); `source` names it in errors.
+pub fn read_lightning_checkpoint_bytes(bytes: &[u8], source: &str, limits: &ImportLimits) -> Result<ImportedCheckpoint> {
+    read_checkpoint_from(std::io::Cursor::new(bytes), source, limits)
+}
+
+fn read_checkpoint_from<R: Read + Seek>(reader: R, source: &str, limits: &ImportLimits) -> Result<ImportedCheckpoint> {
+    let source = source.to_string();
+    let mut archive = archive::TorchArchive::new(reader, &source, limits)?;
     let pkl = archive.data_pkl()?;
     let root = pickle::unpickle(&pkl).with_context(|| format!("'{source}': cannot decode the checkpoint's pickle"))?;
     if root.dict_items().is_none() {
@@ -87,8 +136,19 @@ pub fn read_lightning_checkpoint(path: &Path) -> Result<ImportedCheckpoint> {
     let mut num_parameters = 0usize;
     for (name, t) in kept {
         let key = &t.storage_key;
+        // Checked before any storage is read: the sizes are the file's claims.
+        let count = archive::numel(&t.size).filter(|&n| n <= limits.max_values.saturating_sub(num_parameters));
+        if count.is_none() {
+            bail!(
+                "'{source}': tensor '{name}' (size {:?}) takes the checkpoint past {} values in total (MAX_CHECKPOINT_VALUES): \
+                 not a model this program can import (a damaged or hostile file?)",
+                t.size,
+                limits.max_values
+            );
+        }
         if !cache.contains_key(key) {
-            let bytes = archive.storage(key).with_context(|| format!("reading the data of tensor '{name}'"))?;
+            let expected = t.storage_numel.map(|n| (n as u64).saturating_mul(t.dtype.size_in_bytes() as u64));
+            let bytes = archive.storage(key, expected).with_context(|| format!("reading the data of tensor '{name}'"))?;
             cache.insert(key.clone(), bytes);
         }
         let values = archive::materialize(&t, &cache[key], &name).with_context(|| format!("'{source}'"))?;
@@ -150,7 +210,7 @@ fn drop_targets(v: &mut serde_json::Value) {
 /// Builds the [`ModelConfig`] from the checkpoint's `hyper_parameters`; returns it with the names
 /// of the kwargs that took the library's defaults.
 fn config_from_hparams(hp: &Value) -> Result<(ModelConfig, Vec<String>)> {
-    let mut json = pickle::to_json(hp);
+    let mut json = pickle::to_json_checked(hp).context("cannot read hyper_parameters")?;
     let serde_json::Value::Object(top) = &json else {
         bail!("hyper_parameters is a {}, expected a dict of model kwargs", hp.kind());
     };
@@ -197,3 +257,5 @@ fn config_from_hparams(hp: &Value) -> Result<(ModelConfig, Vec<String>)> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;
