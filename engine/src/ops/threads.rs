@@ -73,10 +73,6 @@ impl ComputePool {
             None => f(),
         }
     }
-
-    pub fn threads(&self) -> usize {
-        self.pool.as_ref().map_or(0, |p| p.current_num_threads())
-    }
 }
 
 impl Drop for ComputePool {
