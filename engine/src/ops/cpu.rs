@@ -56,6 +56,15 @@ pub fn storage_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout, 
     }
 }
 
+/// Panics unless `data` holds exactly `need` values. The kernels below write through raw pointers
+/// with offsets computed from the shape arguments, so a shape that disagrees with the buffers
+/// would write past a heap block (silently, in a release build) instead of failing here; the
+/// check is O(1) per call, so it stays on in release builds too.
+#[track_caller]
+fn expect_len(what: &str, data: &[f32], need: usize) {
+    assert!(data.len() == need, "fast kernel: {what} holds {} values, its shape needs {need}", data.len());
+}
+
 /// A raw pointer that may cross into rayon tasks; every task writes a disjoint part.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -152,7 +161,13 @@ impl ConvShape {
 /// are gathered once (in parallel) and multiplied in one gemm.
 pub fn conv1d(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: ConvShape) -> Vec<f32> {
     let ConvShape { batch, c_in, len, c_out, kernel: k, stride, padding: pad } = s;
+    assert!(stride > 0 && len + 2 * pad >= k, "conv1d: bad shape {s:?}");
     let l_out = s.len_out();
+    expect_len("conv1d input", x, batch * c_in * len);
+    expect_len("conv1d weight", w, c_out * c_in * k);
+    if let Some(b) = bias {
+        expect_len("conv1d bias", b, c_out);
+    }
     let mut out = filled_rows(batch * c_out, l_out, |r| bias.map_or(0.0, |b| b[r % c_out]));
     let mut cols = Vec::new();
     for b in 0..batch {
@@ -227,6 +242,10 @@ pub fn conv_transpose1d(x: &[f32], w: &[f32], bias: &[f32], batch: usize, c_in: 
     let k = 2 * f;
     let p = f / 2 + f % 2;
     let l_out = len * f;
+    assert!(f > 0, "conv_transpose1d: factor 0");
+    expect_len("conv_transpose1d input", x, batch * c_in * len);
+    expect_len("conv_transpose1d weight", w, c_in * c_out * k);
+    expect_len("conv_transpose1d bias", bias, c_out);
     let mut out = filled_rows(batch * c_out, l_out, |r| bias[r % c_out]);
     for b in 0..batch {
         let xb = &x[b * c_in * len..(b + 1) * c_in * len];
@@ -285,6 +304,14 @@ pub fn group_norm(
     silu: bool,
 ) -> Vec<f32> {
     let rows = batch * c;
+    assert!(groups > 0 && c % groups == 0, "group_norm: {c} channels in {groups} groups");
+    expect_len("group_norm input", x, rows * len);
+    expect_len("group_norm weight", weight, c);
+    expect_len("group_norm bias", bias, c);
+    if let Some((scale, shift)) = scale_shift {
+        expect_len("group_norm scale", scale, rows);
+        expect_len("group_norm shift", shift, rows);
+    }
     let stats: Vec<(f64, f64)> = x
         .par_chunks(len.max(1))
         .map(|row| {
@@ -328,6 +355,11 @@ pub fn group_norm(
 
 /// `y [rows, out] = x [rows, in] · wᵀ (+ bias)`, `w` `[out, in]` read in place.
 pub fn linear(x: &[f32], rows: usize, d_in: usize, w: &[f32], d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    expect_len("linear input", x, rows * d_in);
+    expect_len("linear weight", w, d_out * d_in);
+    if let Some(b) = bias {
+        expect_len("linear bias", b, d_out);
+    }
     if rows <= 64 {
         // Few rows (the attention levels' 8 to 64 time steps): weight-bandwidth bound; every
         // weight row is read once, contiguously, and dotted with all input rows.
@@ -365,6 +397,8 @@ pub fn linear(x: &[f32], rows: usize, d_in: usize, w: &[f32], d_out: usize, bias
 /// Bias-free LayerNorm over the channels of `x` `[B, C, L]` at every time step (eps), times `g`
 /// `[C]`: the library's `LayerNorm1d`/`LayerNorm` applied over `dim` = channels.
 pub fn layer_norm_channels(x: &[f32], batch: usize, c: usize, len: usize, g: &[f32], eps: f64) -> Vec<f32> {
+    expect_len("layer_norm input", x, batch * c * len);
+    expect_len("layer_norm gain", g, c);
     let mut out = vec![0f32; batch * c * len];
     // Blocks of time steps: statistics accumulate over channel rows, vectorized along time.
     const BLOCK: usize = 256;
@@ -409,6 +443,8 @@ pub fn layer_norm_channels(x: &[f32], batch: usize, c: usize, len: usize, g: &[f
 
 /// Bias-free LayerNorm over the last dimension of `x` `[rows, d]`, times `g` `[d]`.
 pub fn layer_norm_last(x: &[f32], d: usize, g: &[f32], eps: f64) -> Vec<f32> {
+    expect_len("layer_norm gain", g, d);
+    assert!(d > 0 && x.len() % d == 0, "layer_norm: {} values are not rows of {d}", x.len());
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(d.max(1)).zip(x.par_chunks(d.max(1))).for_each(|(y, xr)| {
         let mean = simd::sum(xr) / d as f64;
