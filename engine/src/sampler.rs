@@ -62,9 +62,9 @@ fn draw(noise: &mut dyn NoiseSource, shape: &[usize], device: &Device) -> Result
 
 /// Runs the sampler on a state of `shape` = `[B, C, T]` and returns the final state.
 ///
-/// Noise is consumed in the reference's order: the initial draw; then per step the imputation
-/// source draw (imputation only); then per resample the churn draw (even when churn is zero) and,
-/// between resamples, the re-noise draw.
+/// Noise is consumed in the reference's order: the initial draw; then per step the noisy-source
+/// draw (generation and imputation, not separation); then per resample the churn draw (even when
+/// churn is zero) and, between resamples, the re-noise draw.
 pub fn sample(
     denoiser: &dyn Denoiser,
     shape: [usize; 3],
@@ -105,6 +105,12 @@ pub fn sample(
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
         let source_noisy = match posterior {
             Posterior::Impute { source, .. } => Some((*source + (draw(noise, &shape, device)? * sigma as f64)?)?),
+            Posterior::Prior => {
+                // The reference generates with its imputation function on an all-zero source and
+                // mask, so it draws (and discards) a noisy source every step: same seed, same stems.
+                draw(noise, &shape, device)?;
+                None
+            }
             _ => None,
         };
         for r in 0..config.resamples {

@@ -1,7 +1,7 @@
 //! Worker side of the capture: assembles chunks into one region keyed by timeline position.
 //! Chunks may arrive out of order (loops, seeks); where passes overlap the last one wins.
 
-use crate::capture::{Chunk, CAPTURE_CHANNELS};
+use crate::messages::{Chunk, CAPTURE_CHANNELS};
 
 /// Longest region kept, in seconds; a chunk that would stretch the region beyond it (a seek far
 /// away) starts a new region.
@@ -90,7 +90,7 @@ impl Assembly {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::CHUNK_FRAMES;
+    use crate::messages::CHUNK_FRAMES;
 
     fn chunk(start: i64, len: usize, value: f32) -> Box<Chunk> {
         let mut c = Chunk::new();

@@ -5,53 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::shared::Shared;
-
-/// Frames per chunk.
-pub const CHUNK_FRAMES: usize = 4096;
-/// Main input L/R, then the four stem sidechains L/R in stem order.
-pub const CAPTURE_CHANNELS: usize = 10;
-/// Chunks in the pool (about 2.7 s of backlog at 48 kHz; the worker returns them within ms).
-pub const POOL_CHUNKS: usize = 32;
-
-/// A run of contiguous captured frames starting at timeline position `start`.
-pub struct Chunk {
-    pub start: i64,
-    pub len: usize,
-    pub rate: u32,
-    /// Tempo and beats per bar reported by the host while this chunk was captured.
-    pub tempo: Option<f64>,
-    pub beats_per_bar: Option<f64>,
-    /// Planar: channel `c` occupies `data[c * CHUNK_FRAMES..][..CHUNK_FRAMES]`.
-    pub data: Box<[f32]>,
-}
-
-impl Chunk {
-    pub fn new() -> Box<Chunk> {
-        Box::new(Chunk {
-            start: 0,
-            len: 0,
-            rate: 0,
-            tempo: None,
-            beats_per_bar: None,
-            data: prefaulted(CHUNK_FRAMES * CAPTURE_CHANNELS),
-        })
-    }
-
-    pub fn channel(&self, c: usize) -> &[f32] {
-        &self.data[c * CHUNK_FRAMES..c * CHUNK_FRAMES + self.len]
-    }
-}
-
-/// Zeroed memory whose pages are already mapped (a fresh zeroed allocation is mapped lazily, and
-/// the first write on the audio thread would page-fault).
-fn prefaulted(n: usize) -> Box<[f32]> {
-    let mut v: Vec<f32> = Vec::with_capacity(n);
-    v.resize(n, 1.0);
-    std::hint::black_box(&mut v);
-    v.fill(0.0);
-    v.into_boxed_slice()
-}
+use crate::messages::{CaptureFlags, Chunk, ToWorker, CAPTURE_CHANNELS, CHUNK_FRAMES};
 
 /// A free chunk from the pool. Real time: never waits. Offline bounce (not real time, possibly
 /// much faster): polls for up to 2 s while the worker catches up (sleeping does not allocate).
@@ -68,13 +22,6 @@ fn take_free(free: &Receiver<Box<Chunk>>, offline: bool) -> Option<Box<Chunk>> {
         }
     }
     None
-}
-
-/// Messages from the audio thread to the worker.
-pub enum ToWorker {
-    Chunk(Box<Chunk>),
-    /// The transport stopped while capturing: the pass is over.
-    Stopped,
 }
 
 /// Host timing information for one block.
@@ -102,19 +49,19 @@ impl Recorder {
     /// channel is `None` and recorded as silence (a mono main input is duplicated).
     pub fn record(
         &mut self,
-        shared: &Shared,
+        flags: &CaptureFlags,
         to_worker: &Sender<ToWorker>,
         free: &Receiver<Box<Chunk>>,
         time: BlockTime,
         inputs: &[Option<&[f32]>; CAPTURE_CHANNELS],
         frames: usize,
     ) {
-        let armed = shared.armed.load(Ordering::Acquire);
+        let armed = flags.armed.load(Ordering::Acquire);
         match (armed && time.playing, time.pos) {
             (true, Some(pos)) => {
                 if !self.capturing {
                     self.capturing = true;
-                    shared.capturing.store(true, Ordering::Release);
+                    flags.capturing.store(true, Ordering::Release);
                 }
                 let mut offset = 0;
                 while offset < frames {
@@ -127,13 +74,13 @@ impl Recorder {
                         None => false,
                     };
                     if !fits {
-                        self.flush(shared, to_worker);
+                        self.flush(flags, to_worker);
                         if self.current.is_none() {
                             match take_free(free, time.offline) {
                                 Some(c) => self.current = Some(c),
                                 None => {
                                     // Pool empty: drop the rest of this block, count an overrun.
-                                    shared.overruns.fetch_add(1, Ordering::Relaxed);
+                                    flags.overruns.fetch_add(1, Ordering::Relaxed);
                                     self.next_pos = None;
                                     return;
                                 }
@@ -168,13 +115,13 @@ impl Recorder {
             }
             _ => {
                 if self.capturing {
-                    self.flush(shared, to_worker);
+                    self.flush(flags, to_worker);
                     self.capturing = false;
                     self.next_pos = None;
-                    shared.capturing.store(false, Ordering::Release);
+                    flags.capturing.store(false, Ordering::Release);
                     if armed && !time.playing && to_worker.try_send(ToWorker::Stopped).is_ok() {
                         // The pass is over; the worker assembles it and starts processing.
-                        shared.armed.store(false, Ordering::Release);
+                        flags.armed.store(false, Ordering::Release);
                     }
                 }
             }
@@ -182,7 +129,7 @@ impl Recorder {
     }
 
     /// Sends the current chunk to the worker (keeps it, emptied, if the channel is full).
-    fn flush(&mut self, shared: &Shared, to_worker: &Sender<ToWorker>) {
+    fn flush(&mut self, flags: &CaptureFlags, to_worker: &Sender<ToWorker>) {
         let Some(c) = self.current.take() else { return };
         if c.len == 0 {
             self.current = Some(c);
@@ -192,7 +139,7 @@ impl Recorder {
             Ok(()) => {}
             Err(TrySendError::Full(ToWorker::Chunk(mut c)))
             | Err(TrySendError::Disconnected(ToWorker::Chunk(mut c))) => {
-                shared.overruns.fetch_add(1, Ordering::Relaxed);
+                flags.overruns.fetch_add(1, Ordering::Relaxed);
                 c.len = 0;
                 self.current = Some(c);
             }
@@ -215,6 +162,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::Shared;
     use crate::params::MsdmParams;
     use std::sync::Arc;
 
@@ -225,7 +173,7 @@ mod tests {
     /// Contiguous blocks share a chunk; a jump starts a new one; stopping sends `Stopped` and disarms.
     #[test]
     fn chunks_follow_the_timeline() {
-        let (shared, link) = Shared::new(Arc::new(MsdmParams::default()));
+        let (shared, link) = Shared::new(Arc::new(MsdmParams::default()), crate::worker::WorkerOptions::default().worker_main());
         for _ in 0..4 {
             link.free_filler.send(Chunk::new()).unwrap();
         }
@@ -234,32 +182,32 @@ mod tests {
         let data: Vec<f32> = (0..100).map(|i| i as f32).collect();
         let mut inputs: [Option<&[f32]>; CAPTURE_CHANNELS] = [None; CAPTURE_CHANNELS];
         inputs[0] = Some(&data);
-        r.record(&shared, &tx, &link.free, time(true, 1000), &inputs, 100);
-        r.record(&shared, &tx, &link.free, time(true, 1100), &inputs, 100);
+        r.record(&shared.capture, &tx, &link.free, time(true, 1000), &inputs, 100);
+        r.record(&shared.capture, &tx, &link.free, time(true, 1100), &inputs, 100);
         assert!(rx.try_recv().is_err(), "contiguous blocks stay in one chunk");
-        r.record(&shared, &tx, &link.free, time(true, 500), &inputs, 100); // loop jump
+        r.record(&shared.capture, &tx, &link.free, time(true, 500), &inputs, 100); // loop jump
         let Ok(ToWorker::Chunk(c)) = rx.try_recv() else { panic!("jump flushes the chunk") };
         assert_eq!((c.start, c.len), (1000, 200));
         assert_eq!(c.channel(0)[150], 50.0);
         assert_eq!(c.channel(1)[150], 50.0, "mono main input is duplicated");
         assert_eq!(c.channel(2)[150], 0.0, "a missing sidechain is silence");
-        r.record(&shared, &tx, &link.free, time(false, 600), &inputs, 100);
+        r.record(&shared.capture, &tx, &link.free, time(false, 600), &inputs, 100);
         let Ok(ToWorker::Chunk(c)) = rx.try_recv() else { panic!("stop flushes the chunk") };
         assert_eq!((c.start, c.len), (500, 100));
         assert!(matches!(rx.try_recv(), Ok(ToWorker::Stopped)));
-        assert!(!shared.armed.load(Ordering::Acquire));
+        assert!(!shared.capture.armed.load(Ordering::Acquire));
     }
 
     /// An empty pool drops the block and counts an overrun instead of allocating.
     #[test]
     fn empty_pool_counts_overruns() {
-        let (shared, link) = Shared::new(Arc::new(MsdmParams::default()));
+        let (shared, link) = Shared::new(Arc::new(MsdmParams::default()), crate::worker::WorkerOptions::default().worker_main());
         let (tx, _rx) = crossbeam_channel::bounded(16);
         let mut r = Recorder::default();
         let data = vec![0.5f32; 64];
         let mut inputs: [Option<&[f32]>; CAPTURE_CHANNELS] = [None; CAPTURE_CHANNELS];
         inputs[0] = Some(&data);
-        r.record(&shared, &tx, &link.free, time(true, 0), &inputs, 64);
-        assert_eq!(shared.overruns.load(Ordering::Relaxed), 1);
+        r.record(&shared.capture, &tx, &link.free, time(true, 0), &inputs, 64);
+        assert_eq!(shared.capture.overruns.load(Ordering::Relaxed), 1);
     }
 }

@@ -13,7 +13,8 @@ use nice_plug_egui::widgets::ParamSlider;
 use nice_plug_egui::{create_egui_editor, EguiEditor, EguiEditorState, EguiNiceSettings, NiceEguiApp, RepaintNotifier};
 
 use crate::params::{JobKind, OutputMode, Quality, Role};
-use crate::shared::{Command, Peaks, Phase, Shared};
+use crate::messages::Command;
+use crate::shared::{Peaks, Phase, Shared};
 use crate::{STEM_COUNT, STEM_TITLES};
 
 pub type MsdmEditor = EguiEditor<EditorApp>;
@@ -81,8 +82,8 @@ impl NiceEguiApp for EditorApp {
             egui::ScrollArea::vertical().show(ui, |ui| self.contents(ui, &setter));
         });
         // Keep the progress, ETA and capture length moving.
-        let busy = self.shared.capturing.load(Ordering::Relaxed)
-            || self.shared.armed.load(Ordering::Relaxed)
+        let busy = self.shared.capture.capturing.load(Ordering::Relaxed)
+            || self.shared.capture.armed.load(Ordering::Relaxed)
             || matches!(self.shared.status().phase, Phase::Processing { .. });
         if busy {
             ui.ctx().request_repaint_after(std::time::Duration::from_millis(100));
@@ -124,8 +125,8 @@ impl EditorApp {
         ui.separator();
 
         // --- State ---
-        let armed = shared.armed.load(Ordering::Acquire);
-        let capturing = shared.capturing.load(Ordering::Acquire);
+        let armed = shared.capture.armed.load(Ordering::Acquire);
+        let capturing = shared.capture.capturing.load(Ordering::Acquire);
         let cap_rate = shared.capture_rate.load(Ordering::Acquire).max(1);
         let cap_secs = shared.capture_frames.load(Ordering::Acquire) as f64 / cap_rate as f64;
         ui.horizontal(|ui| {
@@ -175,7 +176,7 @@ impl EditorApp {
         if let Some(w) = &status.warning {
             ui.label(RichText::new(format!("⚠ {w}")).color(Color32::from_rgb(0xf0, 0xc0, 0x40)));
         }
-        let overruns = shared.overruns.load(Ordering::Relaxed);
+        let overruns = shared.capture.overruns.load(Ordering::Relaxed);
         if overruns > 0 {
             ui.label(RichText::new(format!("⚠ capture overrun: {overruns} block(s) dropped")).color(Color32::from_rgb(0xf0, 0xc0, 0x40)));
         }

@@ -20,6 +20,7 @@ pub mod cache;
 pub mod capture;
 pub mod editor;
 pub mod library;
+pub mod messages;
 pub mod models;
 pub mod params;
 pub mod playback;
@@ -28,10 +29,11 @@ pub mod session;
 pub mod shared;
 pub mod worker;
 
-use capture::{BlockTime, Chunk, Recorder, CAPTURE_CHANNELS, POOL_CHUNKS};
+use capture::{BlockTime, Recorder};
+use messages::{Chunk, Command, CAPTURE_CHANNELS, POOL_CHUNKS};
 use params::{MsdmParams, OutputMode};
 use playback::Player;
-use shared::{AudioLink, Command, Shared};
+use shared::{AudioLink, Shared};
 
 pub const STEM_COUNT: usize = 4;
 /// Stem names in the model's order.
@@ -61,7 +63,7 @@ impl Default for MsdmStems {
     fn default() -> Self {
         // No threads here: hosts create instances just to scan them.
         let params = Arc::new(MsdmParams::default());
-        let (shared, link) = Shared::new(Arc::clone(&params));
+        let (shared, link) = Shared::new(Arc::clone(&params), worker::WorkerOptions::from_env().worker_main());
         Self {
             params,
             shared,
@@ -166,7 +168,7 @@ impl Plugin for MsdmStems {
 
     fn deactivate(&mut self) {
         self.recorder.reset();
-        self.shared.capturing.store(false, Ordering::Release);
+        self.shared.capture.capturing.store(false, Ordering::Release);
     }
 
     fn process(
@@ -206,7 +208,7 @@ impl Plugin for MsdmStems {
                 inputs[2 + 2 * k] = chans.first().map(|s| &**s);
                 inputs[3 + 2 * k] = chans.get(1).map(|s| &**s).or(inputs[2 + 2 * k]);
             }
-            self.recorder.record(&self.shared, &self.link.to_worker, &self.link.free, time, &inputs, frames);
+            self.recorder.record(&self.shared.capture, &self.link.to_worker, &self.link.free, time, &inputs, frames);
         }
 
         let remix = if self.params.output.value() == OutputMode::Remix && self.player.has_stems() {

@@ -4,42 +4,8 @@
 use crossbeam_channel::{Receiver, Sender};
 use nice_plug::prelude::Buffer;
 
+use crate::messages::{PlaySet, ToAudio};
 use crate::STEM_COUNT;
-
-/// A stem set ready to play at one host sample rate (built off the audio thread).
-pub struct PlaySet {
-    pub rate: u32,
-    /// Timeline position of the first stem sample (at `rate`).
-    pub start: i64,
-    pub len: usize,
-    /// Fade length at each region edge, in samples.
-    pub fade: usize,
-    /// `stems[k][ch]`, stereo, each exactly `len` samples.
-    pub stems: [[Vec<f32>; 2]; STEM_COUNT],
-}
-
-impl PlaySet {
-    /// Gain of the region-edge fades at stem sample `t` (0 <= t < len).
-    #[inline]
-    pub fn fade_gain(&self, t: usize) -> f32 {
-        if self.fade == 0 {
-            return 1.0;
-        }
-        let edge = t.min(self.len - 1 - t);
-        if edge >= self.fade {
-            1.0
-        } else {
-            (edge as f32 + 0.5) / self.fade as f32
-        }
-    }
-}
-
-/// Messages from the worker to the audio thread.
-pub enum ToAudio {
-    Play(Box<PlaySet>),
-    /// Stop playing stems (the old set goes back to the worker).
-    Clear,
-}
 
 /// Audio-thread side of playback.
 #[derive(Default)]

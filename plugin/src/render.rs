@@ -44,6 +44,8 @@ pub struct JobRequest {
     pub rate: u32,
     pub len: usize,
     pub cache_root: Option<PathBuf>,
+    /// Diffusion steps instead of the quality's (tests and benchmarks; see `WorkerOptions`).
+    pub steps_override: Option<usize>,
 }
 
 pub struct JobOutput {
@@ -101,9 +103,8 @@ pub fn build_job(spec: &RenderSpec, clip: Option<&Clip>, rate: u32, len: usize) 
     }
 }
 
-/// Engine settings for a quality level. With `test_override`, `MSDM_PLUGIN_STEPS` overrides the
-/// steps (for tests and benchmarks).
-pub fn settings_for(job: &Job, model: &msdm::model_file::Model, quality: Quality, seed: u64, test_override: bool) -> Settings {
+/// Engine settings for a quality level; `steps_override` replaces the steps (one call per step).
+pub fn settings_for(job: &Job, model: &msdm::model_file::Model, quality: Quality, seed: u64, steps_override: Option<usize>) -> Settings {
     let mut s = Settings::for_job(job, model);
     if quality == Quality::Draft {
         // Half the network calls: one call per step, else half the steps, but never below 16
@@ -114,8 +115,7 @@ pub fn settings_for(job: &Job, model: &msdm::model_file::Model, quality: Quality
             s.steps = (s.steps / 2).max(16).min(s.steps);
         }
     }
-    let steps = std::env::var("MSDM_PLUGIN_STEPS").ok().and_then(|v| v.parse::<usize>().ok());
-    if let (Some(steps), true) = (steps, test_override) {
+    if let Some(steps) = steps_override {
         s.steps = steps.max(1);
         s.resamples = 1;
     }
@@ -146,9 +146,9 @@ fn run_here(req: JobRequest, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) 
         device: crate::models::device().ok().map(|d| msdm::device::describe(&d)),
     });
     let job = build_job(&req.spec, req.clip.as_deref(), req.rate, req.len)?;
-    let settings = settings_for(&job, &model, req.spec.quality, req.seed, true);
-    let draft = settings_for(&job, &model, Quality::Draft, req.seed, false);
-    let fin = settings_for(&job, &model, Quality::Final, req.seed, false);
+    let settings = settings_for(&job, &model, req.spec.quality, req.seed, req.steps_override);
+    let draft = settings_for(&job, &model, Quality::Draft, req.seed, None);
+    let fin = settings_for(&job, &model, Quality::Final, req.seed, None);
     note(RenderNote::Predicted(
         msdm::tasks::predicted_seconds(&model, &job, &draft),
         msdm::tasks::predicted_seconds(&model, &job, &fin),

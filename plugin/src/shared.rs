@@ -2,38 +2,14 @@
 //! connect them. The audio thread only touches atomics and `try_*` channel operations; the
 //! mutexes here are for the worker and the editor.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::capture::{Chunk, ToWorker, POOL_CHUNKS};
+use crate::messages::{CaptureFlags, Chunk, Command, PlaySet, ToAudio, ToWorker, POOL_CHUNKS};
 use crate::params::MsdmParams;
-use crate::playback::{PlaySet, ToAudio};
-
-/// Requests to the worker from the editor and the main thread.
-#[derive(Debug)]
-pub enum Command {
-    /// The plugin was activated at this sample rate (re-resample stems if it changed).
-    Activated { rate: u32 },
-    /// Start a new capture (forget chunks of an unfinished one).
-    Arm,
-    /// Render the current clip with the current settings; `new_take` picks a new seed.
-    Process { new_take: bool },
-    /// Stop the running render (and disarm).
-    Cancel,
-    /// Play take `i`.
-    SelectTake(usize),
-    /// The host loaded a state: restore the current take from the cache.
-    Restore,
-    /// Write the current stems as WAVs into this folder.
-    Export(PathBuf),
-    /// Use this model file (None = `MSDM_MODEL` or the bundled default).
-    SetModel(Option<String>),
-    Shutdown,
-}
 
 /// What the worker is doing, for the editor.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -99,20 +75,20 @@ pub struct AudioLink {
     pub garbage: Sender<Box<PlaySet>>,
 }
 
+/// What runs on the worker thread (the plugin passes `worker::run` with its options; this module
+/// does not name the worker, so the worker may depend on it without a cycle).
+pub type WorkerMain = Box<dyn FnOnce(Arc<Shared>, WorkerEnds) + Send>;
+
 enum WorkerSlot {
-    NotStarted(WorkerEnds),
+    NotStarted(WorkerEnds, WorkerMain),
     Running(std::thread::JoinHandle<()>),
     ShutDown,
 }
 
 pub struct Shared {
     pub params: Arc<MsdmParams>,
-    /// Capture the next pass the host plays.
-    pub armed: AtomicBool,
-    /// The audio thread is recording right now.
-    pub capturing: AtomicBool,
-    /// Blocks (or parts) dropped because the chunk pool was empty or the worker was behind.
-    pub overruns: AtomicU64,
+    /// What the audio thread's recorder sets.
+    pub capture: CaptureFlags,
     /// Length of the capture being assembled, in frames at `capture_rate`.
     pub capture_frames: AtomicU64,
     pub capture_rate: AtomicU32,
@@ -130,7 +106,7 @@ pub struct Shared {
 
 impl Shared {
     /// Creates the shared state and the channels; no thread is started.
-    pub fn new(params: Arc<MsdmParams>) -> (Arc<Shared>, AudioLink) {
+    pub fn new(params: Arc<MsdmParams>, worker_main: WorkerMain) -> (Arc<Shared>, AudioLink) {
         let (to_worker, from_audio) = bounded(POOL_CHUNKS + 16);
         let (free_tx, free_rx) = bounded(POOL_CHUNKS);
         let (to_audio, from_worker) = bounded(1);
@@ -145,9 +121,7 @@ impl Shared {
         };
         let shared = Arc::new(Shared {
             params,
-            armed: AtomicBool::new(true),
-            capturing: AtomicBool::new(false),
-            overruns: AtomicU64::new(0),
+            capture: CaptureFlags::default(),
             capture_frames: AtomicU64::new(0),
             capture_rate: AtomicU32::new(0),
             host_rate: AtomicU32::new(0),
@@ -156,7 +130,7 @@ impl Shared {
             status: Mutex::new(Status::default()),
             repaint: Mutex::new(None),
             commands,
-            worker: Mutex::new(WorkerSlot::NotStarted(ends)),
+            worker: Mutex::new(WorkerSlot::NotStarted(ends, worker_main)),
         });
         let link = AudioLink {
             to_worker,
@@ -178,14 +152,14 @@ impl Shared {
     /// instances just to scan them).
     pub fn ensure_worker(self: &Arc<Self>) {
         let mut slot = self.worker.lock().unwrap_or_else(|e| e.into_inner());
-        if let WorkerSlot::NotStarted(_) = &*slot {
-            let WorkerSlot::NotStarted(ends) = std::mem::replace(&mut *slot, WorkerSlot::ShutDown) else {
+        if let WorkerSlot::NotStarted(..) = &*slot {
+            let WorkerSlot::NotStarted(ends, main) = std::mem::replace(&mut *slot, WorkerSlot::ShutDown) else {
                 return;
             };
             let shared = Arc::clone(self);
             match std::thread::Builder::new()
                 .name("msdm-worker".into())
-                .spawn(move || crate::worker::run(shared, ends))
+                .spawn(move || main(shared, ends))
             {
                 Ok(handle) => *slot = WorkerSlot::Running(handle),
                 Err(e) => {

@@ -2,8 +2,14 @@
 //! publishes stem sets to the audio thread (and frees the old ones), restores takes from the
 //! cache, exports. Never runs on nice-plug's shared background thread.
 
+mod export;
+mod takes;
+#[cfg(test)]
+mod tests;
+mod waveforms;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,15 +20,12 @@ use crossbeam_channel::{select, unbounded, Receiver, Sender};
 
 use crate::assembly::Assembly;
 use crate::cache::{content_hash, Cache};
-use crate::capture::ToWorker;
+use crate::messages::{Command, ToAudio, ToWorker};
 use crate::params::JobKind;
-use crate::playback::{PlaySet, ToAudio};
 use crate::render::{self, Clip, JobOutput, JobRequest, RenderNote};
 use crate::session::{ClipRef, RenderSpec, Take};
-use crate::shared::{Command, Peaks, Phase, Shared, Waveforms, WorkerEnds};
-
-/// Columns of the editor's waveform views.
-const PEAK_COLUMNS: usize = 600;
+use crate::shared::{Phase, Shared, WorkerEnds};
+use waveforms::{peaks, PEAK_COLUMNS};
 
 /// A finished render: its id and result.
 type JobResult = (u64, Result<JobOutput>);
@@ -59,11 +62,39 @@ struct Worker {
     /// This instance's compute threads, started at the first render and joined when the worker
     /// ends (never rayon's global pool, whose threads would outlive the instance).
     pool: Option<Arc<msdm::ops::ComputePool>>,
+    steps_override: Option<usize>,
 }
 
-pub fn run(shared: Arc<Shared>, ends: WorkerEnds) {
+/// What a worker is told when it starts (read once per instance, never inside a render).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerOptions {
+    /// The stem cache folder; `None`: `$MSDM_CACHE_DIR`, else the user's data folder.
+    pub cache_root: Option<PathBuf>,
+    /// Diffusion steps for every render instead of the quality's (one call per step): host
+    /// tests and benchmarks set `MSDM_PLUGIN_STEPS`.
+    pub steps_override: Option<usize>,
+}
+
+impl WorkerOptions {
+    pub fn from_env() -> Self {
+        let steps_override = std::env::var("MSDM_PLUGIN_STEPS").ok().and_then(|v| v.parse::<usize>().ok());
+        Self { cache_root: None, steps_override }
+    }
+
+    /// The worker's main function with these options, for [`Shared::new`].
+    pub fn worker_main(self) -> crate::shared::WorkerMain {
+        Box::new(move |shared, ends| run(shared, ends, self))
+    }
+}
+
+pub fn run(shared: Arc<Shared>, ends: WorkerEnds, options: WorkerOptions) {
+    let cache = match &options.cache_root {
+        Some(root) => Ok(Cache::at(root.clone())),
+        None => Cache::open().map_err(|e| format!("{e:#}")),
+    };
     let mut w = Worker {
-        cache: Cache::open().map_err(|e| format!("{e:#}")),
+        cache,
+        steps_override: options.steps_override,
         shared,
         ends,
         assembly: Assembly::default(),
@@ -144,19 +175,19 @@ impl Worker {
                 self.discard_chunks = false;
                 self.assembly.clear();
                 self.shared.capture_frames.store(0, Ordering::Release);
-                self.shared.armed.store(true, Ordering::Release);
+                self.shared.capture.armed.store(true, Ordering::Release);
                 self.shared.status().warning = None;
                 self.shared.set_message("Armed: play the region in the host, then stop the transport.");
             }
             Command::Process { new_take } => {
                 if !self.assembly.is_empty() {
-                    self.shared.armed.store(false, Ordering::Release);
+                    self.shared.capture.armed.store(false, Ordering::Release);
                     self.capture_finished(false);
                 }
                 self.start_render(new_take);
             }
             Command::Cancel => {
-                self.shared.armed.store(false, Ordering::Release);
+                self.shared.capture.armed.store(false, Ordering::Release);
                 if self.job.is_some() {
                     self.stop_job();
                     self.shared.set_message("Render cancelled.");
@@ -299,6 +330,7 @@ impl Worker {
             rate,
             len,
             cache_root: self.cache.as_ref().ok().map(|c| c.root().to_path_buf()),
+            steps_override: self.steps_override,
         };
         let pool = self.compute_pool()?;
         let cancel = Arc::new(AtomicBool::new(false));
@@ -408,31 +440,6 @@ impl Worker {
         }
     }
 
-    /// Publishes the current stems and updates waveforms and residual.
-    fn after_stems_changed(&mut self) {
-        self.publish();
-        let (waves_stems, residual) = match &self.rendered {
-            Some(r) => {
-                let w: [Peaks; 4] = std::array::from_fn(|k| {
-                    peaks(&[&r.stems[k][0], &r.stems[k][1]], PEAK_COLUMNS)
-                });
-                let residual = match (&self.clip, r.take.spec.job) {
-                    (Some(c), JobKind::Separate) if r.take.clip.as_deref() == Some(c.info.hash.as_str()) => {
-                        Some((r.take.residual_max, residual_rms(&c.audio[..2], &r.stems)))
-                    }
-                    _ => None,
-                };
-                (Some(w), residual)
-            }
-            None => (None, None),
-        };
-        let mut st = self.shared.status();
-        let mut waves = (*st.waves).clone();
-        waves.stems = waves_stems;
-        st.waves = Arc::new(waves);
-        st.residual = residual;
-    }
-
     /// Sends the current stems, resampled to the host rate, to the audio thread.
     fn publish(&mut self) {
         let Some(r) = &self.rendered else {
@@ -443,7 +450,7 @@ impl Worker {
         if self.host_rate == 0 {
             return;
         }
-        match build_play_set(r, self.host_rate) {
+        match takes::build_play_set(r, self.host_rate) {
             Ok(set) => self.pending = Some(ToAudio::Play(Box::new(set))),
             Err(e) => self.shared.set_phase(Phase::Error(format!("Cannot resample the stems: {e:#}"))),
         }
@@ -457,193 +464,6 @@ impl Worker {
             }
         }
     }
-
-    fn select_take(&mut self, i: usize) {
-        let Some(take) = self.shared.params.session.read(|s| s.takes.get(i).cloned()) else { return };
-        match self.load_take(&take) {
-            Ok(r) => {
-                self.shared.params.session.update(|s| {
-                    s.current = Some(i);
-                    s.seed = take.seed;
-                });
-                self.rendered = Some(r);
-                self.after_stems_changed();
-                self.shared.status().warning = None;
-                self.shared.set_message(format!("Playing take {} (seed {}).", i + 1, take.seed));
-                self.set_settled_phase();
-            }
-            Err(e) => {
-                self.shared.status().warning = Some(missing_text(&take, &e));
-                self.shared.request_repaint();
-            }
-        }
-    }
-
-    fn load_take(&self, take: &Take) -> Result<Rendered> {
-        let cache = self.cache.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (rate, stems) = cache.get_stems(&take.stems_key)?;
-        if rate != take.rate || stems.len() != 4 {
-            anyhow::bail!("cached stems do not match the take");
-        }
-        let stems = stems.into_iter().map(|s| render::fit_stereo(s, take.len)).collect();
-        Ok(Rendered { take: take.clone(), stems })
-    }
-
-    /// The host loaded a state: drop what we had and restore the session's take from the cache.
-    fn restore(&mut self) {
-        self.stop_job();
-        self.discard_chunks = false;
-        self.assembly.clear();
-        self.clip = None;
-        self.rendered = None;
-        let session = self.shared.params.session.get();
-        self.shared.armed.store(session.clip.is_none() && session.takes.is_empty(), Ordering::Release);
-        let mut warnings = Vec::new();
-        if let Some(info) = &session.clip {
-            match self.cache.as_ref().map_err(|e| anyhow::anyhow!("{e}")).and_then(|c| c.get_clip(&info.hash)) {
-                Ok((rate, audio)) if rate == info.rate && audio.len() == crate::capture::CAPTURE_CHANNELS => {
-                    self.clip = Some(Arc::new(Clip { info: info.clone(), audio }));
-                }
-                _ => warnings.push(
-                    "The captured audio of this project is not in the cache: arm and play the region again to re-process it.".to_string(),
-                ),
-            }
-        }
-        let mut message = String::from("Restored the project.");
-        if let Some(take) = session.current_take() {
-            match self.load_take(take) {
-                Ok(r) => {
-                    self.rendered = Some(r);
-                    message = format!("Restored take {} from the cache.", session.current.unwrap_or(0) + 1);
-                }
-                Err(e) => {
-                    warnings.insert(0, missing_text(take, &e));
-                    if take.clip.is_some() {
-                        // Re-arm: playing the region captures it again and the render that
-                        // follows uses the saved seed and settings.
-                        self.shared.armed.store(true, Ordering::Release);
-                    }
-                }
-            }
-        }
-        {
-            let mut st = self.shared.status();
-            st.warning = (!warnings.is_empty()).then(|| warnings.join(" "));
-            st.message = message;
-            st.residual = None;
-            st.predicted = None;
-            st.waves = Arc::new(Waveforms {
-                clip: self.clip.as_ref().map(|c| peaks(&[&c.audio[0], &c.audio[1]], PEAK_COLUMNS)),
-                stems: None,
-            });
-        }
-        self.after_stems_changed();
-        self.set_settled_phase();
-    }
-
-    fn export(&mut self, dir: &Path) -> Result<String> {
-        let Some(r) = &self.rendered else { anyhow::bail!("there are no stems yet: process a clip first") };
-        let rate = if self.host_rate > 0 { self.host_rate } else { r.take.rate };
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
-        let mut written = Vec::new();
-        for (k, stem) in crate::STEMS.iter().enumerate() {
-            let channels = msdm::audio::resample(&r.stems[k], r.take.rate, rate)?;
-            let path = unique_path(dir, stem);
-            msdm::audio::write_wav(
-                &path,
-                &msdm::audio::AudioBuffer { rate, channels },
-                msdm::audio::SampleFormat::F32,
-            )?;
-            written.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
-        }
-        self.shared.params.session.update(|s| s.export_dir = Some(dir.display().to_string()));
-        Ok(format!("Exported {} at {} Hz to {}.", written.join(", "), rate, dir.display()))
-    }
-}
-
-fn missing_text(take: &Take, e: &anyhow::Error) -> String {
-    let how = if take.clip.is_some() {
-        "The plugin is armed: play the same region again and stop"
-    } else {
-        "Press Process"
-    };
-    format!(
-        "The stems of this take are not in the cache ({e:#}). {how}: the saved seed {} reproduces them.",
-        take.seed
-    )
-}
-
-/// `dir/<stem>.wav`, or `dir/<stem>-2.wav`, ... if that exists (never overwrite silently).
-fn unique_path(dir: &Path, stem: &str) -> PathBuf {
-    let first = dir.join(format!("{stem}.wav"));
-    if !first.exists() {
-        return first;
-    }
-    (2..)
-        .map(|i| dir.join(format!("{stem}-{i}.wav")))
-        .find(|p| !p.exists())
-        .unwrap_or(first)
-}
-
-fn build_play_set(r: &Rendered, host_rate: u32) -> Result<PlaySet> {
-    let from = r.take.rate;
-    let stems: Vec<Vec<Vec<f32>>> = if from == host_rate {
-        r.stems.clone()
-    } else {
-        r.stems.iter().map(|s| msdm::audio::resample(s, from, host_rate)).collect::<Result<_>>()?
-    };
-    let len = stems[0][0].len();
-    let start = if from == host_rate {
-        r.take.start
-    } else {
-        (r.take.start as f64 * host_rate as f64 / from as f64).round() as i64
-    };
-    let mut it = stems.into_iter().map(|s| render::fit_stereo(s, len));
-    let mut next = || {
-        let mut s = it.next().unwrap_or_default();
-        s.resize(2, vec![0.0; len]);
-        let r = s.pop().unwrap_or_default();
-        let l = s.pop().unwrap_or_default();
-        [l, r]
-    };
-    let stems = [next(), next(), next(), next()];
-    Ok(PlaySet { rate: host_rate, start, len, fade: (host_rate as usize / 200).min(len / 2), stems })
-}
-
-fn residual_rms(mix: &[Vec<f32>], stems: &[Vec<Vec<f32>>]) -> f32 {
-    let mut sum = 0.0f64;
-    let mut n = 0usize;
-    for (c, m) in mix.iter().enumerate().take(2) {
-        for (i, x) in m.iter().enumerate() {
-            let s: f32 = stems.iter().map(|st| st[c].get(i).copied().unwrap_or(0.0)).sum();
-            sum += ((x - s) as f64).powi(2);
-            n += 1;
-        }
-    }
-    if n == 0 { 0.0 } else { (sum / n as f64).sqrt() as f32 }
-}
-
-/// Min/max peaks of the mean of `channels` in `columns` columns.
-pub fn peaks(channels: &[&Vec<f32>], columns: usize) -> Peaks {
-    let len = channels.first().map_or(0, |c| c.len());
-    let mut p = Peaks { min: vec![0.0; columns], max: vec![0.0; columns] };
-    if len == 0 {
-        return p;
-    }
-    let scale = 1.0 / channels.len() as f32;
-    for col in 0..columns {
-        let a = col * len / columns;
-        let b = ((col + 1) * len / columns).max(a + 1).min(len);
-        let (mut lo, mut hi) = (f32::MAX, f32::MIN);
-        for i in a..b {
-            let v: f32 = channels.iter().map(|c| c[i]).sum::<f32>() * scale;
-            lo = lo.min(v);
-            hi = hi.max(v);
-        }
-        p.min[col] = lo;
-        p.max[col] = hi;
-    }
-    p
 }
 
 fn fresh_seed() -> u64 {
@@ -670,73 +490,5 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "panic".into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::capture::{Chunk, CAPTURE_CHANNELS, CHUNK_FRAMES};
-    use crate::params::MsdmParams;
-    use crate::playback::ToAudio;
-
-    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-        let t = Instant::now();
-        while !f() {
-            assert!(t.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// The editor's Cancel stops a running render: no take, no stems, a "cancelled" message.
-    #[test]
-    fn cancel_stops_a_running_render() {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("tiny.safetensors");
-        msdm::model_file::Model::random(msdm::config::ModelConfig::tiny(), 3, &candle_core::Device::Cpu)
-            .unwrap()
-            .save(&model, msdm::model_file::StoreDType::F32)
-            .unwrap();
-        std::env::set_var("MSDM_CACHE_DIR", dir.path().join("cache"));
-        std::env::set_var("MSDM_PLUGIN_STEPS", "100000");
-        let params = Arc::new(MsdmParams::default());
-        params.session.update(|s| s.model_path = Some(model.display().to_string()));
-        let (shared, link) = Shared::new(params);
-        shared.send(Command::Activated { rate: 48_000 });
-        let mut c = Chunk::new();
-        c.start = 0;
-        c.len = CHUNK_FRAMES;
-        c.rate = 48_000;
-        for ch in 0..CAPTURE_CHANNELS.min(2) {
-            for i in 0..CHUNK_FRAMES {
-                c.data[ch * CHUNK_FRAMES + i] = (i as f32 * 0.05).sin() * 0.3;
-            }
-        }
-        link.to_worker.send(ToWorker::Chunk(c)).unwrap();
-        link.to_worker.send(ToWorker::Stopped).unwrap();
-        wait_until("denoiser progress", || matches!(shared.status().phase, Phase::Processing { done, .. } if done > 0));
-        shared.send(Command::Cancel);
-        wait_until("the render to stop", || !matches!(shared.status().phase, Phase::Processing { .. }));
-        assert_eq!(shared.status().message, "Render cancelled.");
-        assert!(shared.params.session.get().takes.is_empty());
-        assert!(shared.params.session.get().clip.is_some(), "the capture is kept for re-processing");
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!matches!(link.from_worker.try_recv(), Ok(ToAudio::Play(_))), "stems published after cancel");
-        shared.shutdown();
-    }
-}
-
-#[cfg(test)]
-mod export_tests {
-    use super::unique_path;
-
-    #[test]
-    fn export_never_overwrites() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(unique_path(dir.path(), "bass"), dir.path().join("bass.wav"));
-        std::fs::write(dir.path().join("bass.wav"), b"x").unwrap();
-        assert_eq!(unique_path(dir.path(), "bass"), dir.path().join("bass-2.wav"));
-        std::fs::write(dir.path().join("bass-2.wav"), b"x").unwrap();
-        assert_eq!(unique_path(dir.path(), "bass"), dir.path().join("bass-3.wav"));
     }
 }
