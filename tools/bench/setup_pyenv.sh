@@ -31,7 +31,8 @@ ADP="audio-diffusion-pytorch==0.0.43"
 # audio-diffusion-pytorch 0.0.43 declares torch>=1.6, data-science-types>=0.2, einops>=0.4,
 # einops-exts>=0.0.3; it is installed with --no-deps so pip does not try to pull torch's CUDA wheels.
 ADP_DEPS=(einops==0.8.1 einops-exts==0.0.4 data-science-types==0.2.23)
-OTHERS=(safetensors==0.6.2 numpy==2.3.4)
+# safetensors.torch imports packaging (declared only under safetensors' torch extra).
+OTHERS=(safetensors==0.6.2 packaging==25.0 numpy==2.3.4)
 
 # The CUDA runtime wheel for each library `import torch` may miss (versions from torch 2.5.1's metadata).
 declare -A CUDA_WHEEL=(
@@ -51,7 +52,7 @@ declare -A CUDA_WHEEL=(
 )
 
 CHECK='
-import torch, audio_diffusion_pytorch, safetensors, numpy, einops, einops_exts
+import torch, audio_diffusion_pytorch, safetensors, safetensors.torch, numpy, einops, einops_exts
 from importlib.metadata import version
 assert torch.__version__.split("+")[0] == "2.5.1", torch.__version__
 assert version("audio-diffusion-pytorch") == "0.0.43", version("audio-diffusion-pytorch")
@@ -67,15 +68,13 @@ if [[ -x "$PY" ]] && "$PY" -c "$CHECK" 2>/dev/null; then
     exit 0
 fi
 
-INSTALLED=()
 pip_install() {
     echo "+ pip install $*"
     "$PY" -m pip install --quiet "$@"
-    for a in "$@"; do [[ "$a" == -* ]] || INSTALLED+=("$a"); done
 }
 
 [[ -x "$PY" ]] || { echo "+ python3 -m venv $PYENV"; python3 -m venv "$PYENV"; }
-"$PY" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+BEFORE=$("$PY" -m pip freeze --all 2>/dev/null | sort)
 
 pip_install --no-deps "$TORCH" "${TORCH_DEPS[@]}"
 pip_install --no-deps "$ADP" "${ADP_DEPS[@]}"
@@ -100,4 +99,5 @@ if ! "$PY" -c "$CHECK"; then
     echo "the venv at $PYENV still fails the import check" >&2
     exit 1
 fi
-echo "installed into $PYENV: ${INSTALLED[*]}"
+echo "installed into $PYENV (new or changed versions):"
+comm -13 <(echo "$BEFORE") <("$PY" -m pip freeze --all 2>/dev/null | sort) | sed 's/^/  /'
