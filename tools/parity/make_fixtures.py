@@ -260,15 +260,23 @@ def denoise(model, x, sigma):
 
 
 def generate(model, shape, sigmas, s_churn, num_resamples, noise, source=None, mask=None):
-    """§7.1 total generation; with `source` and `mask` ([C], 1 = given): §7.2 imputation."""
+    """§7.1 total generation; with `source` and `mask` ([C], 1 = given): §7.2 imputation.
+
+    The notebook's `generate_track` is one function for both: total generation calls it with
+    source = 0 and mask = 0, so every step draws the noisy source 0 + σ·ε (then discards it) before
+    the churn draw, 1 + 2·N·R draws in all either way (spec §7.1).
+    """
     gamma = churn_gamma(s_churn, sigmas)
     x = sigmas[0] * noise.randn(shape)
     if mask is not None:
         m = mask.view(1, -1, 1)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        # drawn at every step, with σ_i (not σ̂); unused for total generation, where
+        # x = 0·s_noisy + 1·x leaves x unchanged
+        eps = noise.randn(shape)
         if source is not None:
-            s_noisy = source + sigma * noise.randn(shape)
+            s_noisy = source + sigma * eps
         for r in range(num_resamples):
             if source is not None:
                 x = m * s_noisy + (1 - m) * x
