@@ -4,10 +4,16 @@ use super::*;
 use crate::messages::{Chunk, ToAudio, CAPTURE_CHANNELS, CHUNK_FRAMES};
 use crate::params::MsdmParams;
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+fn wait_until(shared: &Shared, what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
+        if let Phase::Error(e) = &shared.status().phase {
+            panic!("waiting for {what}, the worker failed: {e}");
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let st = shared.status();
+            panic!("timed out waiting for {what}: phase {:?}, message {:?}, warning {:?}", st.phase, st.message, st.warning);
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -23,7 +29,7 @@ fn cancel_stops_a_running_render() {
         .unwrap();
     let params = Arc::new(MsdmParams::default());
     params.session.update(|s| s.model_path = Some(model.display().to_string()));
-    let options = WorkerOptions { cache_root: Some(dir.path().join("cache")), steps_override: Some(100_000) };
+    let options = WorkerOptions { cache_root: Some(dir.path().join("cache")), steps_override: Some(10_000) };
     let (shared, link) = Shared::new(params, options.worker_main());
     shared.send(Command::Activated { rate: 48_000 });
     let mut c = Chunk::new();
@@ -37,9 +43,9 @@ fn cancel_stops_a_running_render() {
     }
     link.to_worker.send(ToWorker::Chunk(c)).unwrap();
     link.to_worker.send(ToWorker::Stopped).unwrap();
-    wait_until("denoiser progress", || matches!(shared.status().phase, Phase::Processing { done, .. } if done > 0));
+    wait_until(&shared, "denoiser progress", || matches!(shared.status().phase, Phase::Processing { done, .. } if done > 0));
     shared.send(Command::Cancel);
-    wait_until("the render to stop", || !matches!(shared.status().phase, Phase::Processing { .. }));
+    wait_until(&shared, "the render to stop", || !matches!(shared.status().phase, Phase::Processing { .. }));
     assert_eq!(shared.status().message, "Render cancelled.");
     assert!(shared.params.session.get().takes.is_empty());
     assert!(shared.params.session.get().clip.is_some(), "the capture is kept for re-processing");
