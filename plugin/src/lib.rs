@@ -56,6 +56,8 @@ pub struct MsdmStems {
     rate: u32,
     offline: bool,
     pool_filled: bool,
+    /// Per-sample stem gains of the re-mix, sized at activation (the audio thread never grows it).
+    remix_gains: Vec<[f32; STEM_COUNT]>,
     editor_state: Arc<EguiEditorState>,
 }
 
@@ -73,6 +75,7 @@ impl Default for MsdmStems {
             rate: 0,
             offline: false,
             pool_filled: false,
+            remix_gains: Vec::new(),
             editor_state: editor::default_state(),
         }
     }
@@ -154,6 +157,7 @@ impl Plugin for MsdmStems {
             self.pool_filled = true;
         }
         self.recorder.reset();
+        self.remix_gains = vec![[1.0; STEM_COUNT]; config.max_buffer_size.max(1) as usize];
         self.shared.host_rate.store(self.rate, Ordering::Release);
         self.shared.send(Command::Activated { rate: self.rate });
         self.shared.sync_session();
@@ -211,24 +215,28 @@ impl Plugin for MsdmStems {
             self.recorder.record(&self.shared.capture, &self.link.to_worker, &self.link.free, time, &inputs, frames);
         }
 
-        let remix = if self.params.output.value() == OutputMode::Remix && self.player.has_stems() {
+        let remix = self.params.output.value() == OutputMode::Remix && self.player.has_stems();
+        if remix {
+            // Gains smoothed per sample: a block-rate step would click on long blocks.
             let any_solo = (0..STEM_COUNT).any(|k| self.params.stem(k).solo.value());
-            let gains = std::array::from_fn(|k| {
+            let n = frames.min(self.remix_gains.len());
+            for k in 0..STEM_COUNT {
                 let p = self.params.stem(k);
-                let g = p.gain.smoothed.next_step(frames as u32);
-                if p.mute.value() || (any_solo && !p.solo.value()) { 0.0 } else { g }
-            });
-            Some(gains)
-        } else {
-            None
-        };
+                let silent = p.mute.value() || (any_solo && !p.solo.value());
+                for g in &mut self.remix_gains[..n] {
+                    let v = p.gain.smoothed.next();
+                    g[k] = if silent { 0.0 } else { v };
+                }
+            }
+        }
+        let gains = &self.remix_gains[..frames.min(self.remix_gains.len())];
         self.player.render(
             time.playing,
             time.pos,
             self.rate,
             frames,
             aux.outputs,
-            remix.map(|g| (g, buffer.as_slice())),
+            remix.then(|| (gains, buffer.as_slice())),
         );
         ProcessStatus::Normal
     }

@@ -43,6 +43,8 @@ impl Player {
     /// Writes the stems for the block at `pos` to the aux outputs (silence outside the region,
     /// when stopped, or at another sample rate) and, in re-mix mode, replaces the main output
     /// over the region with the gained sum of the stems, crossfading at the region edges.
+    /// `remix` carries one set of stem gains per sample of the block (smoothed by the caller;
+    /// samples past its end keep its last set).
     pub fn render(
         &self,
         playing: bool,
@@ -50,7 +52,7 @@ impl Player {
         rate: u32,
         frames: usize,
         aux_out: &mut [Buffer],
-        remix: Option<([f32; STEM_COUNT], &mut [&mut [f32]])>,
+        remix: Option<(&[[f32; STEM_COUNT]], &mut [&mut [f32]])>,
     ) {
         for port in aux_out.iter_mut() {
             for ch in port.as_slice().iter_mut() {
@@ -83,6 +85,7 @@ impl Player {
                 for i in first..end.min(out.len()) {
                     let t = (pos + i as i64 - set.start) as usize;
                     let g = set.fade_gain(t);
+                    let Some(gains) = gains.get(i).or(gains.last()) else { return };
                     let sum: f32 = gains.iter().zip(&set.stems).map(|(g, s)| g * s[sc][t]).sum();
                     out[i] = out[i] * (1.0 - g) + sum * g;
                 }
@@ -90,10 +93,6 @@ impl Player {
         }
     }
 
-    /// Takes the current set (main thread, when the plugin is dropped).
-    pub fn take_all(&mut self) -> (Option<Box<PlaySet>>, Option<Box<PlaySet>>) {
-        (self.current.take(), self.garbage.take())
-    }
 }
 
 #[cfg(test)]
@@ -130,8 +129,8 @@ mod tests {
         tx.send(ToAudio::Play(set(100, 50))).unwrap();
         p.receive(&rx, &gtx);
         let out = render(&p, true, 90, 20);
-        assert_eq!(out[0][0][9], 0.0);
-        assert_eq!(out[0][0][10], 0.0 * 10.0);
+        assert_eq!(out[1][0][9], 0.0, "before the region: silence");
+        assert_eq!(out[1][0][10], 2.0, "the region's first sample: stem 1, t = 0");
         assert_eq!(out[2][1][15], (5 * 10 + 2 * 2 + 1) as f32);
         let out = render(&p, true, 140, 20);
         assert_eq!(out[3][0][9], (49 * 10 + 6) as f32);
@@ -145,6 +144,38 @@ mod tests {
         tx.send(ToAudio::Clear).unwrap();
         p.receive(&rx, &gtx);
         assert!(!p.has_stems());
+    }
+
+    /// Re-mix: the main output over the region is the sum of the stems with each sample's own
+    /// gains (a gain ramp inside one block is followed sample by sample).
+    #[test]
+    fn remix_follows_per_sample_gains() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (gtx, _grx) = crossbeam_channel::bounded(4);
+        let mut p = Player::default();
+        tx.send(ToAudio::Play(set(0, 64))).unwrap();
+        p.receive(&rx, &gtx);
+        let n = 16;
+        let gains: Vec<[f32; STEM_COUNT]> = (0..n).map(|i| [i as f32 / n as f32, 1.0, 0.0, 0.5]).collect();
+        let mut aux_store = vec![vec![vec![0.0f32; n]; 2]; STEM_COUNT];
+        let mut slices: Vec<Vec<&mut [f32]>> = aux_store.iter_mut().map(|s| s.iter_mut().map(|c| c.as_mut_slice()).collect()).collect();
+        let mut bufs: Vec<Buffer> = slices
+            .iter_mut()
+            .map(|s| {
+                let mut b = Buffer::default();
+                unsafe { b.set_slices(n, |out| *out = std::mem::take(s)) };
+                b
+            })
+            .collect();
+        let (mut l, mut r) = (vec![7.0f32; n], vec![7.0f32; n]);
+        let mut main: Vec<&mut [f32]> = vec![&mut l, &mut r];
+        p.render(true, Some(8), 48_000, n, &mut bufs, Some((&gains, &mut main)));
+        for i in 0..n {
+            let t = 8 + i;
+            let want: f32 = (0..STEM_COUNT).map(|k| gains[i][k] * (t * 10 + k * 2) as f32).sum();
+            assert_eq!(l[i], want, "sample {i}");
+        }
+        assert_ne!(l[1] - l[0], l[n - 1] - l[n - 2] + 1.0, "gains change inside the block");
     }
 
     #[test]
