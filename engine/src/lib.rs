@@ -18,6 +18,7 @@ pub mod config;
 pub mod denoiser;
 pub mod device;
 pub mod graph;
+pub mod job;
 pub mod model_file;
 pub mod noise;
 pub mod ops;

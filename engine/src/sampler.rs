@@ -144,7 +144,7 @@ fn differential(denoiser: &dyn Denoiser, x: &mut Tensor, sigma: f32, posterior: 
     match posterior {
         Posterior::Prior | Posterior::Impute { .. } => score_step(denoiser, x, sigma),
         Posterior::Dirac { mixture, constrained } => {
-            *x = crate::separator::constrain(x, mixture, *constrained)?;
+            *x = constrain(x, mixture, *constrained)?;
             let e = score_step(denoiser, x, sigma)?;
             let e_c = e.narrow(1, *constrained, 1)?;
             Ok(e.broadcast_sub(&e_c)?)
@@ -163,4 +163,20 @@ fn differential(denoiser: &dyn Denoiser, x: &mut Tensor, sigma: f32, posterior: 
 fn score_step(denoiser: &dyn Denoiser, x: &Tensor, sigma: f32) -> Result<Tensor> {
     let den = denoiser.denoise(x, sigma)?;
     Ok(((x - den)? / sigma as f64)?)
+}
+
+/// The Dirac likelihood's projection: x_c ← y − Σ_{n≠c} x_n (the stems then sum to the mixture).
+pub fn constrain(x: &Tensor, mixture: &Tensor, c: usize) -> candle_core::Result<Tensor> {
+    let n = x.dim(1)?;
+    let others = (x.sum_keepdim(1)? - x.narrow(1, c, 1)?)?;
+    let xc = mixture.broadcast_sub(&others)?;
+    let mut parts = Vec::with_capacity(3);
+    if c > 0 {
+        parts.push(x.narrow(1, 0, c)?);
+    }
+    parts.push(xc);
+    if c + 1 < n {
+        parts.push(x.narrow(1, c + 1, n - c - 1)?);
+    }
+    Tensor::cat(&parts, 1)
 }

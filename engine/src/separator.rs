@@ -19,22 +19,6 @@ pub enum Likelihood {
     Gaussian { gamma_coeff: f32 },
 }
 
-/// x_c ← y − Σ_{n≠c} x_n.
-pub fn constrain(x: &Tensor, mixture: &Tensor, c: usize) -> candle_core::Result<Tensor> {
-    let n = x.dim(1)?;
-    let others = (x.sum_keepdim(1)? - x.narrow(1, c, 1)?)?;
-    let xc = mixture.broadcast_sub(&others)?;
-    let mut parts = Vec::with_capacity(3);
-    if c > 0 {
-        parts.push(x.narrow(1, 0, c)?);
-    }
-    parts.push(xc);
-    if c + 1 < n {
-        parts.push(x.narrow(1, c + 1, n - c - 1)?);
-    }
-    Tensor::cat(&parts, 1)
-}
-
 /// Separates `mixture` `[B, 1, T]` into `[B, C, T]` stems.
 pub fn separate(
     denoiser: &dyn Denoiser,

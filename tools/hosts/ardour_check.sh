@@ -4,6 +4,8 @@
 # cache), exports, saves, reloads and finds the plugin again with its state. RUNS sessions in a row (the stress
 # form for host crashes), one line each, then "N of RUNS runs passed". Exit status 0 only if all passed.
 #   tools/hosts/ardour_check.sh [RUNS] [PATH_TO.vst3]   (default 1, target/bundled/MSDM Stems.vst3)
+# ARDOUR_PRELOAD=lib.so preloads a library into Ardour only (e.g. libasan for an ASan-built plugin:
+# tools/hosts/ardour_asan.sh).
 # Build the bundle first: cargo xtask bundle msdm-plugin --release
 set -u
 runs=${1:-1}; vst=${2:-target/bundled/MSDM Stems.vst3}
@@ -19,7 +21,7 @@ fi
 mkdir -p ~/.vst3 && rm -rf ~/.vst3/"MSDM Stems.vst3" && cp -r "$vst" ~/.vst3/
 find ~/.vst3/"MSDM Stems.vst3" -exec touch -m -d "@$(( $(date +%s) - 120 ))" {} +
 rm -f ~/.cache/ardour7/vst3_x64_blacklist.txt
-LD_LIBRARY_PATH=/usr/lib/ardour7 /usr/lib/ardour7/ardour-vst3-scanner -f ~/.vst3/"MSDM Stems.vst3" >/dev/null 2>&1
+LD_PRELOAD=${ARDOUR_PRELOAD:-} LD_LIBRARY_PATH=/usr/lib/ardour7 /usr/lib/ardour7/ardour-vst3-scanner -f ~/.vst3/"MSDM Stems.vst3" >/dev/null 2>&1
 
 # Peak of a WAV file (PCM 16/24/32 or float 32), printed as a number.
 peak() {
@@ -48,10 +50,10 @@ PY
 work=$(mktemp -d); bad=0
 for i in $(seq 1 "$runs"); do
   d=$work/$i; mkdir -p "$d"
-  MSDM_CACHE_DIR=$d/cache ARDOUR_CHECK_DIR=$d timeout 300 ardour7-lua "$here/ardour_session.lua" >"$d/log" 2>&1; rc=$?
+  MSDM_CACHE_DIR=$d/cache ARDOUR_CHECK_DIR=$d LD_PRELOAD=${ARDOUR_PRELOAD:-} timeout 600 ardour7-lua "$here/ardour_session.lua" >"$d/log" 2>&1; rc=$?
   val() { grep -m1 "^$1" "$d/log" | awk '{print $2}'; }
   why=""
-  [ $rc = 0 ] && grep -q '^DONE' "$d/log" || why="ardour exited with $rc: $(grep -E -i 'corrupt|double free|invalid|munmap|abort|segmentation|assert' "$d/log" | grep -v -i mp3 | head -1)"
+  [ $rc = 0 ] && grep -q '^DONE' "$d/log" || why="ardour exited with $rc: $(grep -E -i 'AddressSanitizer|corrupt|double free|invalid|munmap|abort|segmentation|assert' "$d/log" | grep -v -i mp3 | head -1)"
   [ -z "$why" ] && [ "$(val OUTPUTS)" != 10 ] && why="plugin reports $(val OUTPUTS) outputs, expected 10"
   [ -z "$why" ] && [ "$(val RENDERED)" != yes ] && why="the render did not reach the stem cache"
   wav=$(find "$d/out" -name '*.wav' 2>/dev/null | head -1)

@@ -24,6 +24,7 @@
 //! splits use disjoint seeds and the same seed gives the same bytes.
 
 pub mod arrange;
+pub mod form;
 pub mod midi;
 pub mod patterns;
 pub mod render;

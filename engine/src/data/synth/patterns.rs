@@ -4,29 +4,11 @@
 //! Everything here works on the bar's step grid (sixteenths in 4/4 and 3/4, eighths in 12/8) and
 //! returns exact (un-humanised) notes; `arrange` humanises them afterwards.
 
-use super::arrange::{Meter, SectionKind, Style};
+use super::form::{Meter, SectionKind, Style};
 use super::theory::{Chord, Key};
 use rand::Rng;
 
-/// GM percussion keys used by the drum patterns.
-pub mod gm {
-    pub const KICK: u8 = 36;
-    pub const SIDE_STICK: u8 = 37;
-    pub const SNARE: u8 = 38;
-    pub const CLAP: u8 = 39;
-    pub const FLOOR_TOM: u8 = 43;
-    pub const CLOSED_HAT: u8 = 42;
-    pub const PEDAL_HAT: u8 = 44;
-    pub const LOW_TOM: u8 = 45;
-    pub const OPEN_HAT: u8 = 46;
-    pub const MID_TOM: u8 = 47;
-    pub const HIGH_TOM: u8 = 50;
-    pub const CRASH: u8 = 49;
-    pub const RIDE: u8 = 51;
-    pub const TAMBOURINE: u8 = 54;
-    pub const COWBELL: u8 = 56;
-    pub const SHAKER: u8 = 70;
-}
+pub use super::form::gm;
 
 /// Guitar parts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -1,0 +1,175 @@
+//! What a job is and how it is run: the job, its sampler settings (with the caps every setting
+//! read from a file or a command line is checked against), progress and the result. A leaf of the
+//! job modules: [`crate::tasks`] runs jobs, [`crate::separation`] streams separation, and both
+//! depend on this, not on each other.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::audio::AudioBuffer;
+use crate::model_file::Model;
+use crate::sampler::SamplerConfig;
+use crate::schedule::karras;
+use crate::separator::Likelihood;
+
+/// What to do.
+#[derive(Clone, Debug)]
+pub enum Job {
+    /// Split a mix into the model's stems.
+    Separate { mix: AudioBuffer },
+    /// Generate the stems marked `None`, fitting the given ones (one entry per stem, stem order).
+    /// A stem that must stay silent is given as silence.
+    Impute { given: Vec<Option<AudioBuffer>> },
+    /// Generate every stem from nothing.
+    Generate { seconds: f64, rate: u32, channels: usize },
+}
+
+/// Most sampler steps accepted (the paper uses 150-256; each step is a network call per window).
+pub const MAX_STEPS: usize = 10_000;
+/// Most resamples per step accepted (the paper uses 1-2).
+pub const MAX_RESAMPLES: usize = 100;
+/// Most windows per network call accepted (the default is 8; memory grows with it).
+pub const MAX_BATCH: usize = 1024;
+
+/// Sampler settings of one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub steps: usize,
+    pub churn: f32,
+    pub resamples: usize,
+    pub sigma_min: f32,
+    pub sigma_max: f32,
+    pub rho: f32,
+    pub likelihood: Likelihood,
+    pub seed: u64,
+    /// Downmix to mono before processing.
+    pub mono: bool,
+    /// Windows (× channels) per network call in separation.
+    pub batch: usize,
+}
+
+impl Settings {
+    /// The released separation settings (`eval_msdm_dirac`): 150 steps, S_churn 20, 2 resamples,
+    /// σ ∈ [1e-4, 1], ρ 7, Dirac with bass constrained.
+    pub fn separation() -> Self {
+        Self {
+            steps: 150,
+            churn: 20.0,
+            resamples: 2,
+            sigma_min: 1e-4,
+            sigma_max: 1.0,
+            rho: 7.0,
+            likelihood: Likelihood::Dirac { constrained: 0 },
+            seed: 0,
+            mono: false,
+            batch: 8,
+        }
+    }
+
+    /// The released Gaussian separation settings (`eval_msdm_gaussian`): S_churn 40, γ = 0.75σ.
+    pub fn separation_gaussian() -> Self {
+        Self { churn: 40.0, likelihood: Likelihood::Gaussian { gamma_coeff: 0.75 }, ..Self::separation() }
+    }
+
+    /// The generation notebook's settings: 150 steps, S_churn 20, σ_max 20, no resamples.
+    pub fn generation() -> Self {
+        Self { steps: 150, churn: 20.0, resamples: 1, sigma_max: 20.0, ..Self::separation() }
+    }
+
+    /// The imputation notebook's settings: 256 steps, S_churn 10, σ_max 20, no resamples.
+    pub fn imputation() -> Self {
+        Self { steps: 256, churn: 10.0, resamples: 1, sigma_max: 20.0, ..Self::separation() }
+    }
+
+    /// Defaults for a job: the model file's own defaults for that job if it has them
+    /// (`meta.info.defaults.{separate,generate,impute}`), else the released settings.
+    pub fn for_job(job: &Job, model: &Model) -> Self {
+        match job {
+            Job::Separate { .. } => Self::model_defaults(model, "separate", Self::separation()),
+            Job::Impute { .. } => Self::model_defaults(model, "impute", Self::imputation()),
+            Job::Generate { .. } => Self::model_defaults(model, "generate", Self::generation()),
+        }
+    }
+
+    /// [`Settings::for_job`] for separation.
+    pub fn for_separation(model: &Model) -> Self {
+        Self::model_defaults(model, "separate", Self::separation())
+    }
+
+    fn model_defaults(model: &Model, key: &str, base: Self) -> Self {
+        model
+            .meta
+            .info
+            .get("defaults")
+            .and_then(|d| d.get(key))
+            .and_then(|v| serde_json::from_value::<Self>(v.clone()).ok())
+            .unwrap_or(base)
+    }
+
+    /// These settings with the Gaussian likelihood (γ = `gamma_coeff`·σ). Where they are the
+    /// released Dirac defaults, the released Gaussian churn (40) comes along; a model's own
+    /// defaults keep their churn.
+    pub fn with_gaussian(self, gamma_coeff: f32) -> Self {
+        let churn = if self == Self::separation() { Self::separation_gaussian().churn } else { self.churn };
+        Self { likelihood: Likelihood::Gaussian { gamma_coeff }, churn, ..self }
+    }
+
+    pub fn sampler_config(&self) -> SamplerConfig {
+        SamplerConfig {
+            sigmas: karras(self.steps, self.sigma_min, self.sigma_max, self.rho),
+            churn: self.churn,
+            resamples: self.resamples,
+        }
+    }
+
+    /// Checks the settings are usable. They can come from a model file's metadata or a JSON
+    /// file, so the counts that size work and buffers are capped ([`MAX_STEPS`],
+    /// [`MAX_RESAMPLES`], [`MAX_BATCH`]) and every float must be finite.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.resamples == 0 {
+            bail!("steps and resamples must be at least 1");
+        }
+        if self.steps > MAX_STEPS || self.resamples > MAX_RESAMPLES {
+            bail!(
+                "steps {} x resamples {}: at most {MAX_STEPS} steps and {MAX_RESAMPLES} resamples (the paper uses 150-256 steps and 1-2 resamples)",
+                self.steps,
+                self.resamples
+            );
+        }
+        if self.batch > MAX_BATCH {
+            bail!("batch {}: at most {MAX_BATCH}", self.batch);
+        }
+        if !(self.sigma_min > 0.0 && self.sigma_max > self.sigma_min && self.sigma_max.is_finite() && self.rho > 0.0 && self.rho.is_finite()) {
+            bail!("need 0 < sigma_min < sigma_max and rho > 0, all finite");
+        }
+        if !(self.churn >= 0.0 && self.churn.is_finite()) {
+            bail!("churn must be finite and ≥ 0");
+        }
+        if let Likelihood::Gaussian { gamma_coeff } = self.likelihood {
+            if !(gamma_coeff >= 0.0 && gamma_coeff.is_finite()) {
+                bail!("the Gaussian likelihood's gamma_coeff must be finite and ≥ 0 (got {gamma_coeff})");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Progress of a run in denoiser calls.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// The result: one buffer per stem at the job's rate, length and channel count.
+#[derive(Clone, Debug)]
+pub struct StemSet {
+    pub names: Vec<String>,
+    pub stems: Vec<AudioBuffer>,
+    /// Separation: max |input − Σ stems| over all samples and channels, as written.
+    pub residual_max: f32,
+    /// Separation: max |input − Σ stems| before the unseen band was handed to the stems.
+    pub unseen_max: f32,
+    pub seconds: f64,
+}
+
