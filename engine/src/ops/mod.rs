@@ -60,12 +60,12 @@
 //!    `cuda_fused_ops_match_the_cpu` in engine/tests/gpu_parity.rs. The whole network, fast
 //!    against composite: ops/tests.rs; its gradients: engine/tests/train_gradients.rs.
 //!
+//! Ops that only training uses (the loss stage, the weight average) live in [`crate::train`].
 //! Threads: threads.rs ([`on_workers`], [`ComputePool`], [`configure_cpu_threads`]); time per op:
 //! [`profile`] (`MSDM_OPS_PROFILE=1`).
 
 mod activation;
 mod attention;
-mod average;
 mod cat_scaled;
 mod channel;
 mod columns;
@@ -74,7 +74,6 @@ mod conv_transpose;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
-mod edm_loss;
 mod group_norm;
 mod group_norm_grad;
 mod layer_norm;
@@ -89,11 +88,9 @@ mod tests;
 
 pub use activation::{gelu, silu};
 pub use attention::{attention, attention_composite};
-pub use average::moving_average;
 pub use cat_scaled::{cat_scaled, cat_scaled_composite};
 pub use conv::Conv1d;
 pub use conv_transpose::ConvTranspose1d;
-pub use edm_loss::{edm_item_losses, fused_loss_applies, EdmLossCoefficients};
 pub use group_norm::{group_norm_scale_shift_silu, group_norm_scale_shift_silu_composite};
 pub use layer_norm::{layer_norm_no_bias, layer_norm_no_bias_composite};
 pub use linear::{linear, linear_composite};
