@@ -7,6 +7,8 @@
 //!   [`Conv1d::forward_composite`]). candle's own CPU `conv1d` is not used: its weight gradient is
 //!   wrong for batch > 1.
 
+use std::sync::OnceLock;
+
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
@@ -105,10 +107,12 @@ impl Conv1d {
 }
 
 /// Whether to gather the columns and run one gemm with the weight read in its own (contiguous)
-/// layout instead of one gemm per tap over the strided weight.
+/// layout instead of one gemm per tap over the strided weight. Set, `MSDM_CONV_COLS` decides
+/// instead (`1`: columns, anything else: per tap); it is read once per process.
 fn use_cols(s: ConvShape) -> bool {
-    if let Ok(v) = std::env::var("MSDM_CONV_COLS") {
-        return v == "1";
+    static FORCED: OnceLock<Option<bool>> = OnceLock::new();
+    if let Some(forced) = *FORCED.get_or_init(|| std::env::var("MSDM_CONV_COLS").ok().map(|v| v == "1")) {
+        return forced;
     }
     // Measured: per-tap gemms win while the weight stays in cache; with weights of 4 MB and more
     // (the paper config's 1024-channel levels) on short inputs, one gemm over the contiguous weight
