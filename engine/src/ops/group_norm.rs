@@ -26,7 +26,7 @@ pub fn group_norm_scale_shift_silu(
     bias: &Tensor,
     scale_shift: Option<(&Tensor, &Tensor)>,
 ) -> Result<Tensor> {
-    let call = GroupNormCall::new(x, groups, weight, bias, scale_shift)?;
+    let call = GroupNormCall { x, groups, weight, bias, scale_shift }.checked()?;
     let (_, c, l) = x.dims3()?;
     let name = || format!("group_norm_silu C{c} L{l}");
     profile::time(name, || {
@@ -61,7 +61,7 @@ pub fn group_norm_scale_shift_silu_composite(
     bias: &Tensor,
     scale_shift: Option<(&Tensor, &Tensor)>,
 ) -> Result<Tensor> {
-    GroupNormCall::new(x, groups, weight, bias, scale_shift)?.composed(Path::Composite)
+    GroupNormCall { x, groups, weight, bias, scale_shift }.checked()?.composed(Path::Composite)
 }
 
 /// The arguments of one call, and its forms.
@@ -73,19 +73,14 @@ struct GroupNormCall<'a> {
     scale_shift: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-impl<'a> GroupNormCall<'a> {
-    fn new(
-        x: &'a Tensor,
-        groups: usize,
-        weight: &'a Tensor,
-        bias: &'a Tensor,
-        scale_shift: Option<(&'a Tensor, &'a Tensor)>,
-    ) -> Result<Self> {
-        let c = x.dims3()?.1;
-        if groups == 0 || c % groups != 0 {
-            candle_core::bail!("group norm: {c} channels do not split into {groups} groups");
+impl GroupNormCall<'_> {
+    /// The call, or an error where the channels of `x` do not split into the groups.
+    fn checked(self) -> Result<Self> {
+        let c = self.x.dims3()?.1;
+        if self.groups == 0 || c % self.groups != 0 {
+            candle_core::bail!("group norm: {c} channels do not split into {} groups", self.groups);
         }
-        Ok(Self { x, groups, weight, bias, scale_shift })
+        Ok(self)
     }
 
     /// The [`Path::FastCpu`] form.
@@ -428,7 +423,7 @@ mod tests {
             let (x, w, b) = (v(&[2, 6, 5], 11), v(&[6], 12), v(&[6], 13));
             let (sc, sh) = (v(&[2, 6, 1], 14), v(&[2, 6, 1], 15));
             let ss = with_ss.then_some((sc.as_tensor(), sh.as_tensor()));
-            let ours = GroupNormCall::new(&x, 3, &w, &b, ss).unwrap().cpu_grad().unwrap().unwrap();
+            let ours = GroupNormCall { x: &x, groups: 3, weight: &w, bias: &b, scale_shift: ss }.cpu_grad().unwrap().unwrap();
             let plain = group_norm_scale_shift_silu_composite(&x, 3, &w, &b, ss).unwrap();
             assert!(max_diff(&ours, &plain) < 1e-5, "values differ by {}", max_diff(&ours, &plain));
             let probe = rand(&[2, 6, 5], 16);
