@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | [`Path::FastCpu`] | all inputs CPU f32, none tracks a gradient, fast kernels on | kernels over slices, no backward (inference) |
 //! | [`Path::CpuGrad`] | all inputs CPU f32, otherwise (training, or fast kernels off) | custom ops with hand-written backward passes |
-//! | [`Path::Cuda`] | all inputs CUDA, one float dtype, none tracks a gradient, fast kernels on | fused kernels of kernels.cu, no backward (inference) |
+//! | [`Path::Cuda`] | all inputs CUDA, one float dtype, none tracks a gradient, fast kernels on, our PTX loads | fused kernels of kernels.cu, no backward (inference) |
 //! | [`Path::Composite`] | anything else | candle ops only: gradients on every device and dtype |
 //!
 //! So gradients come from [`Path::CpuGrad`] or [`Path::Composite`] only, and every form is tested
