@@ -3,7 +3,7 @@
 //! `RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=1 cargo run --release -p msdm --example loss_stage_bench`.
 
 use candle_core::{Device, Tensor, Var};
-use msdm::ops::{edm_item_losses, EdmLossCoefficients};
+use msdm::train::{edm_item_losses, EdmLossCoefficients};
 fn main() {
     let dev = Device::Cpu;
     let (b, c, t) = (4usize, 4usize, 65536usize);

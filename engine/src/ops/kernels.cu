@@ -1,6 +1,7 @@
-// CUDA kernels of the score network's fused ops (engine/src/ops/cuda.rs), compiled to PTX by
-// engine/build.rs when the `cuda` feature is on. Each kernel exists for f32, bf16 and f16
-// (suffixes _f32, _bf16, _f16); arithmetic is in f32 whatever the storage type.
+// CUDA kernels of the score network's fused ops (launched by each op family's `mod cuda` in
+// engine/src/ops/, helpers in engine/src/ops/cuda.rs), compiled to PTX by engine/build.rs when the
+// `cuda` feature is on. Each kernel exists for f32, bf16 and f16 (suffixes _f32, _bf16, _f16);
+// arithmetic is in f32 whatever the storage type.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>

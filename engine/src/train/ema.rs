@@ -8,11 +8,13 @@
 //! exported or evaluated like `model.safetensors`.
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::net::TrainableNet;
 use crate::model_file::{Model, ModelMeta};
+use crate::ops::cpu::storage_f32;
 
 /// What `trainer.json` records of the average.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,7 +78,7 @@ impl WeightAverage {
     pub fn update(&mut self, net: &TrainableNet, step: u64) -> Result<()> {
         let d = self.state.decay_at(step);
         for (avg, (_, var)) in self.tensors.iter_mut().zip(&net.vars) {
-            *avg = crate::ops::moving_average(avg, &var.as_tensor().detach(), d)?;
+            *avg = moving_average(avg, &var.as_tensor().detach(), d)?;
         }
         Ok(())
     }
@@ -88,6 +90,36 @@ impl WeightAverage {
             map.insert(name.clone(), t.to_dtype(candle_core::DType::F32)?.to_device(&candle_core::Device::Cpu)?);
         }
         Model::from_tensors(net.config.clone(), meta, map)
+    }
+}
+
+/// `avg · decay + w · (1 − decay)` (same shapes), in one parallel pass on the CPU (f32): candle's
+/// composition makes three passes and two temporaries on one thread, about 5% of a CPU training
+/// step for the bundled model's 9.5M weights. Other devices and dtypes compose candle ops.
+fn moving_average(avg: &Tensor, w: &Tensor, decay: f64) -> candle_core::Result<Tensor> {
+    if matches!(avg.device(), Device::Cpu) && avg.dtype() == DType::F32 && w.dtype() == DType::F32 && avg.dims() == w.dims() {
+        return avg.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &MovingAverage(decay as f32));
+    }
+    avg.affine(decay, 0.0)? + w.affine(1.0 - decay, 0.0)?
+}
+
+struct MovingAverage(f32);
+
+impl CustomOp2 for MovingAverage {
+    fn name(&self) -> &'static str {
+        "moving-average"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, w) = (storage_f32(s1, l1, self.name())?, storage_f32(s2, l2, self.name())?);
+        let d = self.0;
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(1 << 16).zip(a.par_chunks(1 << 16).zip(w.par_chunks(1 << 16))).for_each(|(o, (a, w))| {
+            for ((o, a), w) in o.iter_mut().zip(a).zip(w) {
+                *o = a * d + w * (1.0 - d);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -134,5 +166,18 @@ mod tests {
         // an average of another config is refused
         let other = Model::random(ModelConfig { channels: 32, ..cfg.clone() }, 1, &Device::Cpu).unwrap();
         assert!(WeightAverage::from_model(&other, &net, avg.state).is_err());
+    }
+
+    #[test]
+    fn moving_average_matches_candle_ops() {
+        let a = Tensor::arange(0f32, 200_000f32, &Device::Cpu).unwrap().reshape((400, 500)).unwrap();
+        let w = (a.sin().unwrap() * 3.0).unwrap();
+        let ours = moving_average(&a, &w, 0.999).unwrap();
+        let plain = (a.affine(0.999, 0.0).unwrap() + w.affine(0.001, 0.0).unwrap()).unwrap();
+        let err = (&ours - &plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err <= 2e-2, "{err}"); // values up to 2e5: f32 rounding of the two orders
+        assert_eq!(ours.dims(), a.dims());
+        let rel = ((&ours - &plain).unwrap().abs().unwrap() / (plain.abs().unwrap() + 1.0).unwrap()).unwrap();
+        assert!(rel.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
     }
 }

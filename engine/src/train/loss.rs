@@ -11,7 +11,7 @@ use rand_distr::StandardNormal;
 
 use crate::config::SigmaDistribution;
 use crate::denoiser::{edm_coefficients, EdmDenoiser};
-use crate::ops;
+use super::loss_stage::{edm_item_losses, fused_loss_applies, EdmLossCoefficients};
 
 /// The noise of one training batch: σ per item and ε for every sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,15 +77,15 @@ impl LossBatch {
 /// Per-item weighted losses `[B]`: w(σ_b) · mean_{C,T} (D(x + σ_b·ε, σ_b) − x)².
 ///
 /// On the CPU in f32 the preconditioning, clamp and weighted error after the network are one op
-/// ([`ops::edm_item_losses`]); elsewhere, and in [`item_losses_composite`], candle ops.
+/// ([`edm_item_losses`]); elsewhere, and in [`item_losses_composite`], candle ops.
 pub fn item_losses(denoiser: &EdmDenoiser, batch: &LossBatch) -> Result<Tensor> {
-    if !ops::fused_loss_applies(&batch.x) || denoiser.compute_dtype != DType::F32 {
+    if !fused_loss_applies(&batch.x) || denoiser.compute_dtype != DType::F32 {
         return item_losses_composite(denoiser, batch);
     }
     let b = batch.batch_size();
     let sd = denoiser.sigma_data as f32;
     let sigmas: Vec<f32> = batch.sigmas.to_vec1()?;
-    let mut k = ops::EdmLossCoefficients { c_skip: vec![], c_out: vec![], weight: vec![] };
+    let mut k = EdmLossCoefficients { c_skip: vec![], c_out: vec![], weight: vec![] };
     let (mut c_in, mut c_noise) = (vec![], vec![]);
     for &s in &sigmas {
         let (skip, out, inp, noise) = edm_coefficients(s, sd);
@@ -99,7 +99,7 @@ pub fn item_losses(denoiser: &EdmDenoiser, batch: &LossBatch) -> Result<Tensor> 
     let x_noisy = (&batch.x + batch.noise.broadcast_mul(&s)?)?;
     let c_in = Tensor::from_vec(c_in, (b, 1, 1), batch.x.device())?;
     let f = denoiser.run_net(&x_noisy.broadcast_mul(&c_in)?, &Tensor::from_vec(c_noise, b, batch.x.device())?)?;
-    ops::edm_item_losses(&f, &x_noisy, &batch.x, &k)
+    edm_item_losses(&f, &x_noisy, &batch.x, &k)
 }
 
 /// [`item_losses`] composed of candle ops (any device and dtype).

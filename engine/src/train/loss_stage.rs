@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::storage_f32;
+use crate::ops::cpu::storage_f32;
 
 /// Per-item coefficients of the loss: c_skip, c_out and the loss weight w (already f32).
 #[derive(Clone, Debug)]
