@@ -16,15 +16,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::audio::{self, AudioBuffer};
 use crate::model_file::Model;
 use crate::noise::{window_seed, DeviceNoise};
-use crate::sampler::{self, Posterior, SamplerConfig};
-use crate::schedule::karras;
+use crate::sampler::{self, Posterior};
 use crate::separation;
-use crate::separator::{self, Likelihood};
+use crate::separator;
 use crate::MODEL_RATE;
 
 pub use crate::job::{Job, Progress, Settings, StemSet, MAX_BATCH, MAX_RESAMPLES, MAX_STEPS};

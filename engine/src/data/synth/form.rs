@@ -32,7 +32,7 @@ impl Style {
         [Style::Rock, Style::Funk, Style::Ballad, Style::Shuffle, Style::Bossa, Style::Reggae, Style::Disco, Style::Waltz];
 
     /// Tempo range in beats per minute (the beat is a dotted quarter in 12/8).
-    fn tempo_range(&self, meter: Meter) -> (f64, f64) {
+    pub fn tempo_range(&self, meter: Meter) -> (f64, f64) {
         match (self, meter) {
             (Style::Rock, _) => (100.0, 140.0),
             (Style::Funk, _) => (88.0, 112.0),
