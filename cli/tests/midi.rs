@@ -1,4 +1,4 @@
-//! `msdm midi`, the `--midi` option of generate/impute, and `msdm eval --midi`, run as the binary
+//! `msdm midi`, the `--midi` option of separate/generate/impute, and `msdm eval --midi`, run as the binary
 //! on real files: a song rendered by `msdm data synth` and the MIDI it was rendered from.
 //! Needs the TimGM6mb SoundFont (the Debian package timgm6mb-soundfont; .ci/run installs it).
 
@@ -121,7 +121,7 @@ fn eval_midi_scores_the_true_bass_stems_against_their_midi() {
 }
 
 #[test]
-fn generate_and_impute_write_bass_mid_beside_the_stems() {
+fn separate_generate_and_impute_write_bass_mid_beside_the_stems() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny4.safetensors");
     let ckpt = repo().join("tests/fixtures/parity/msdm_tiny4/model.ckpt");
@@ -153,4 +153,11 @@ fn generate_and_impute_write_bass_mid_beside_the_stems() {
     let imp = tmp.path().join("imp");
     ok(&["impute", "--given", &format!("drums={}", s(&drums)), "-o", s(&imp), "--model", s(&model), "--steps", "2", "--midi", "-q"]);
     assert!(imp.join("bass.mid").exists() && imp.join("bass.wav").exists());
+
+    // separate streams its stems to disk; --midi reads the bass back and transcribes it
+    let mix = repo().join("tests/fixtures/audio/sine_44k1_stereo_i16.wav");
+    let sep = tmp.path().join("sep");
+    let text = ok(&["separate", s(&mix), "-o", s(&sep), "--model", s(&model), "--steps", "2", "--midi", "-q"]);
+    assert!(text.contains("bass.mid"), "{text}");
+    assert_eq!(read_midi(&sep.join("bass.mid")).unwrap()[0].name, "bass");
 }
