@@ -100,11 +100,19 @@ pub struct EvalArgs {
     /// Write the summary and per-track scores as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    midi: crate::midi::MidiEvalArgs,
     #[arg(long, short)]
     quiet: bool,
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
+    if args.midi.midi {
+        return crate::midi::eval(&args.data, &args.split, args.limit, &args.midi, args.json.as_deref(), args.quiet);
+    }
+    if args.midi.render.is_some() || args.midi.tuning.is_some() {
+        anyhow::bail!("--render and --tuning belong to the MIDI evaluation: add --midi");
+    }
     let model = crate::jobs::load_model(args.model.as_deref(), &args.device)?;
     let tracks = ChunkedTracks::open(&args.data, &args.split, model.window())?;
     let base = crate::jobs::separation_settings(&model, args.likelihood, args.constrained_source.as_deref(), 0.75)?;

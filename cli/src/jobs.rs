@@ -70,7 +70,12 @@ fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>, Vec<Strin
         bail!("--takes must be at least 1");
     }
     let names: Vec<String> = model.meta.stems.iter().map(|s| format!("{s}.wav")).collect();
-    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut guarded = names.clone();
+    if out.midi {
+        crate::midi::bass_index(&model.meta.stems)?;
+        guarded.push(crate::midi::BASS_MIDI.to_string());
+    }
+    let name_refs: Vec<&str> = guarded.iter().map(String::as_str).collect();
     let policy = if out.force { OutputPolicy::Overwrite } else { OutputPolicy::Refuse };
     let dirs: Vec<PathBuf> = (0..out.takes)
         .map(|k| if out.takes == 1 { out.output.clone() } else { out.output.join(format!("take-{}", k + 1)) })
@@ -93,6 +98,7 @@ fn describe(s: &Settings) -> String {
 
 /// Runs `job` once per take and writes the stems.
 fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) -> Result<()> {
+    let midi = crate::midi::job_options(out)?;
     let (dirs, names, policy) = take_dirs(model, out)?;
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     eprintln!("{}", describe(settings));
@@ -111,6 +117,9 @@ fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) ->
             audio::write_wav(path, stem, format(out.format))?;
         }
         println!("wrote {} stems to {} in {:.1} s (seed {})", set.stems.len(), dir.display(), set.seconds, s.seed);
+        if let Some(opts) = &midi {
+            crate::midi::write_job_midi(dir, &set.stems[crate::midi::bass_index(&model.meta.stems)?], opts)?;
+        }
     }
     Ok(())
 }
@@ -123,6 +132,7 @@ fn separate_takes(model: &Model, input: &Path, settings: &Settings, out: &Output
     // file fails at once rather than after minutes of sampling.
     let mut check = AudioReader::open(input, &ReadOptions::default())?;
     while check.next_chunk()?.is_some() {}
+    let midi = crate::midi::job_options(out)?;
     let (dirs, names, policy) = take_dirs(model, out)?;
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     eprintln!("{}", describe(settings));
@@ -158,6 +168,11 @@ fn separate_takes(model: &Model, input: &Path, settings: &Settings, out: &Output
             "residual |mix - sum of stems|: max {:.2e} as written ({:.2e} before the band above 11,025 Hz was handed to the stems)",
             report.residual_max, report.unseen_max
         );
+        if let Some(opts) = &midi {
+            // The stems were streamed to disk; the bass stem is read back whole to transcribe it.
+            let bass = audio::read_audio(&paths[crate::midi::bass_index(&model.meta.stems)?])?;
+            crate::midi::write_job_midi(dir, &bass, opts)?;
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod datasets;
 mod jobs;
+mod midi;
 mod models;
 mod progress;
 mod train;
@@ -103,6 +104,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Transcribe a bass stem into a MIDI file (monophonic: onsets, offsets, pitch, velocity)
+    Midi(midi::MidiArgs),
     /// Show a model file's config, size and defaults
     Info {
         /// Model file (default: the bundled model)
@@ -116,7 +119,8 @@ enum Command {
     /// Make datasets
     #[command(subcommand)]
     Data(datasets::DataCommand),
-    /// Evaluate separation with the paper's protocol (SI-SDRi over 4 s windows)
+    /// Evaluate separation with the paper's protocol (SI-SDRi over 4 s windows), or with --midi
+    /// the bass transcription against the songs' MIDI
     Eval(datasets::EvalArgs),
     /// Train a model (denoising score matching, Adam), resumable
     Train(train::TrainArgs),
@@ -148,6 +152,12 @@ pub struct OutputArgs {
     /// Replace existing stem files
     #[arg(long)]
     pub force: bool,
+    /// Also transcribe the bass stem into bass.mid beside the stems (see `msdm midi`)
+    #[arg(long)]
+    pub midi: bool,
+    /// With --midi: tempo in quarter notes per minute, written to bass.mid; notes snap to sixteenths
+    #[arg(long, requires = "midi")]
+    pub midi_bpm: Option<f64>,
     /// No progress bar
     #[arg(long, short)]
     pub quiet: bool,
@@ -235,6 +245,7 @@ fn main() -> ExitCode {
         Command::Export { model, output, f16, defaults, card, force } => {
             models::export(&model, &output, f16, defaults.as_deref(), card.as_deref(), force)
         }
+        Command::Midi(args) => midi::run(&args),
         Command::Info { model, json } => models::info(model.as_deref(), json),
         Command::Bench(args) => bench::run(&args),
         Command::Data(cmd) => datasets::data(&cmd),

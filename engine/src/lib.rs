@@ -11,7 +11,8 @@
 //! - [`sampler`]: Euler + churn with resamples, for generation and source imputation;
 //! - [`separator`]: posterior sampling with the Dirac and Gaussian likelihoods;
 //! - [`separation`]: separating a mix of any length as a stream, in flat memory;
-//! - [`model_file`]: our self-describing safetensors model format.
+//! - [`model_file`]: our self-describing safetensors model format;
+//! - [`transcribe`]: a bass stem to MIDI notes (YIN pitch tracking and note segmentation).
 
 pub mod args;
 pub mod config;
@@ -39,3 +40,4 @@ pub mod audio;
 pub mod data;
 pub mod eval;
 pub mod import;
+pub mod transcribe;

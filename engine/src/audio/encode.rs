@@ -164,6 +164,21 @@ impl Drop for WavStreamWriter {
     }
 }
 
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename), so a
+/// crash or a full disk never leaves a half-written file under the final name. Replaces an
+/// existing file: guard user files first.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {} (is the disk full?)", path.display()));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::from(e).context(format!("cannot write {}: cannot move the finished file in place", path.display()))
+    })
+}
+
 /// `dir/.name.tmp-<pid>`: same directory (so rename is atomic), hidden, unique per process.
 fn temp_path(path: &Path) -> PathBuf {
     let name = path

@@ -16,7 +16,7 @@ pub use decode::{
     read_audio, read_audio_bytes, read_audio_with, validate_chunk, validate_samples, AudioReader, ReadOptions, MAX_CHANNELS,
     MAX_DECODED_SAMPLES, MAX_SAMPLE_RATE,
 };
-pub use encode::{ensure_output_dir, write_wav, OutputPolicy, SampleFormat, WavStreamWriter};
+pub use encode::{ensure_output_dir, write_file_atomic, write_wav, OutputPolicy, SampleFormat, WavStreamWriter};
 pub use resample::{resample, StreamResampler};
 pub use residual::{distribute_residual, ResidualStream};
 pub use windows::{plan, OverlapJoin, WindowPlan};
