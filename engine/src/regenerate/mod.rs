@@ -96,8 +96,9 @@ pub fn bars_to_seconds(bars: f64, bpm: f64, beats_per_bar: f64) -> Result<f64> {
 }
 
 /// Checks the stems can be regenerated together: one per model stem, all with audio, of one
-/// rate, channel count and length, every sample finite.
-fn check_stems(model: &Model, stems: &[AudioBuffer]) -> Result<()> {
+/// rate, channel count and length, every sample finite. [`regenerate`] checks this too; callers
+/// that read the stems themselves can check before they do anything else.
+pub fn check_stems(model: &Model, stems: &[AudioBuffer]) -> Result<()> {
     let names = &model.meta.stems;
     if stems.len() != names.len() {
         bail!("regeneration needs all {} stems ({}), got {}", names.len(), names.join(", "), stems.len());
