@@ -32,7 +32,7 @@ pub fn load_model(path: Option<&Path>, device: &str) -> Result<Model> {
 }
 
 /// Loads the model for a job, in the precision asked for.
-fn job_model(out: &OutputArgs) -> Result<Model> {
+pub(crate) fn job_model(out: &OutputArgs) -> Result<Model> {
     let model = load_model(out.model.as_deref(), &out.device)?;
     match out.dtype.as_str() {
         "f32" => Ok(model),
@@ -56,7 +56,7 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
     }
 }
 
-fn format(f: FormatArg) -> SampleFormat {
+pub(crate) fn format(f: FormatArg) -> SampleFormat {
     match f {
         FormatArg::F32 => SampleFormat::F32,
         FormatArg::I16 => SampleFormat::I16,
@@ -65,7 +65,7 @@ fn format(f: FormatArg) -> SampleFormat {
 }
 
 /// The output folder of each take, each checked before anything is computed.
-fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>, Vec<String>, OutputPolicy)> {
+pub(crate) fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>, Vec<String>, OutputPolicy)> {
     if out.takes == 0 {
         bail!("--takes must be at least 1");
     }
@@ -92,7 +92,7 @@ fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>, Vec<Strin
     Ok((dirs, names, policy))
 }
 
-fn describe(s: &Settings) -> String {
+pub(crate) fn describe(s: &Settings) -> String {
     format!("{} steps x {} resamples, churn {}, seed {}", s.steps, s.resamples, s.churn, s.seed)
 }
 

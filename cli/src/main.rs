@@ -6,6 +6,7 @@ mod jobs;
 mod midi;
 mod models;
 mod progress;
+mod regenerate;
 mod train;
 
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ enum Command {
         #[command(flatten)]
         sampling: SamplingArgs,
     },
+    /// Regenerate a time range of one stem (or several) in a folder of stems, keeping the rest
+    Regenerate(regenerate::RegenerateArgs),
     /// Import a published MSDM PyTorch Lightning checkpoint (.ckpt) into our model format
     Import {
         /// The .ckpt file
@@ -241,6 +244,7 @@ fn main() -> ExitCode {
         }
         Command::Generate { out, sampling, seconds, rate, channels } => jobs::generate(&out, &sampling, seconds, rate, channels),
         Command::Impute { given, out, sampling } => jobs::impute(&given, &out, &sampling),
+        Command::Regenerate(args) => regenerate::run(&args),
         Command::Import { checkpoint, output, f16, window, force } => models::import(&checkpoint, &output, f16, window, force),
         Command::Export { model, output, f16, defaults, card, force } => {
             models::export(&model, &output, f16, defaults.as_deref(), card.as_deref(), force)

@@ -35,6 +35,7 @@ pub const STEMS: [&str; 4] = ["bass", "drums", "guitar", "piano"];
 /// The model's sample rate.
 pub const MODEL_RATE: u32 = 22_050;
 pub mod tasks;
+pub mod regenerate;
 
 pub mod audio;
 pub mod data;

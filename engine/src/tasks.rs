@@ -114,11 +114,11 @@ fn seconds_per_call(model: &Model, items: usize, settings: &Settings) -> Result<
 }
 
 /// Samples each generation/imputation window takes from the previous one: 1/4 of a window.
-fn sequential_overlap(window: usize) -> usize {
+pub(crate) fn sequential_overlap(window: usize) -> usize {
     window / 4
 }
 
-fn check_audio(what: &str, a: &AudioBuffer) -> Result<()> {
+pub(crate) fn check_audio(what: &str, a: &AudioBuffer) -> Result<()> {
     if a.frames() == 0 || a.num_channels() == 0 {
         bail!("{what} is empty: there is no audio to process");
     }
