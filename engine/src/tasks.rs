@@ -297,6 +297,7 @@ fn run_sequential(
 mod tests {
     use super::*;
     use crate::config::ModelConfig;
+    use crate::separator::Likelihood;
 
     fn quick(settings: Settings) -> Settings {
         Settings { steps: 3, ..settings }
