@@ -3,42 +3,15 @@
 //! Needs the TimGM6mb SoundFont (the Debian package timgm6mb-soundfont; .ci/run installs it).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use msdm::transcribe::evaluate::reference_bass;
 use msdm::transcribe::{read_midi, score, Tolerance};
 
-fn msdm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msdm"))
-        .args(args)
-        .env("MSDM_MODEL", "/nonexistent/msdm-model.safetensors")
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run msdm")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = msdm(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "msdm {args:?} failed:\n{text}");
-    text
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = msdm(args);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "msdm {args:?} should have failed");
-    assert!(err.starts_with("error: "), "no clear error: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    err
-}
+mod common;
+use common::*;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 const SF2: &str = "/usr/share/sounds/sf2/TimGM6mb.sf2";

@@ -1,41 +1,14 @@
 //! `msdm regenerate` end to end: stems written by `msdm separate` from the bundled demo clip, a
 //! range of one stem regenerated, everything else checked bit for bit; and its errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use msdm::audio::{read_audio, write_wav, AudioBuffer, SampleFormat};
 
+mod common;
+use common::*;
+
 const STEMS: [&str; 4] = ["bass", "drums", "guitar", "piano"];
-
-fn msdm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msdm"))
-        .args(args)
-        .env("MSDM_MODEL", "/nonexistent/msdm-model.safetensors")
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run msdm")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = msdm(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "msdm {args:?} failed:\n{text}");
-    text
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = msdm(args);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "msdm {args:?} should have failed");
-    assert!(err.starts_with("error: "), "no clear error: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    err
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -104,7 +104,9 @@ mod tests {
         Box::new(PlaySet { rate: 48_000, start, len, fade: 0, stems })
     }
 
-    fn render(p: &Player, playing: bool, pos: i64, n: usize) -> Vec<Vec<Vec<f32>>> {
+    /// Renders one block of `n` frames at `pos` into fresh aux outputs (filled with 9.0 first, so
+    /// a sample left unwritten shows) and returns them; `remix` as in [`Player::render`].
+    fn render_with(p: &Player, playing: bool, pos: i64, n: usize, remix: Option<(&[[f32; STEM_COUNT]], &mut [&mut [f32]])>) -> Vec<Vec<Vec<f32>>> {
         let mut store: Vec<Vec<Vec<f32>>> = vec![vec![vec![9.0; n]; 2]; STEM_COUNT];
         let mut slices: Vec<Vec<&mut [f32]>> = store.iter_mut().map(|s| s.iter_mut().map(|c| c.as_mut_slice()).collect()).collect();
         let mut bufs: Vec<Buffer> = slices
@@ -115,9 +117,13 @@ mod tests {
                 b
             })
             .collect();
-        p.render(playing, Some(pos), 48_000, n, &mut bufs, None);
+        p.render(playing, Some(pos), 48_000, n, &mut bufs, remix);
         drop(bufs);
         store
+    }
+
+    fn render(p: &Player, playing: bool, pos: i64, n: usize) -> Vec<Vec<Vec<f32>>> {
+        render_with(p, playing, pos, n, None)
     }
 
     /// Stem sample t = pos + i - start, silence outside the region and when stopped.
@@ -157,25 +163,17 @@ mod tests {
         p.receive(&rx, &gtx);
         let n = 16;
         let gains: Vec<[f32; STEM_COUNT]> = (0..n).map(|i| [i as f32 / n as f32, 1.0, 0.0, 0.5]).collect();
-        let mut aux_store = vec![vec![vec![0.0f32; n]; 2]; STEM_COUNT];
-        let mut slices: Vec<Vec<&mut [f32]>> = aux_store.iter_mut().map(|s| s.iter_mut().map(|c| c.as_mut_slice()).collect()).collect();
-        let mut bufs: Vec<Buffer> = slices
-            .iter_mut()
-            .map(|s| {
-                let mut b = Buffer::default();
-                unsafe { b.set_slices(n, |out| *out = std::mem::take(s)) };
-                b
-            })
-            .collect();
         let (mut l, mut r) = (vec![7.0f32; n], vec![7.0f32; n]);
         let mut main: Vec<&mut [f32]> = vec![&mut l, &mut r];
-        p.render(true, Some(8), 48_000, n, &mut bufs, Some((&gains, &mut main)));
+        render_with(&p, true, 8, n, Some((&gains, &mut main)));
         for i in 0..n {
             let t = 8 + i;
             let want: f32 = (0..STEM_COUNT).map(|k| gains[i][k] * (t * 10 + k * 2) as f32).sum();
             assert_eq!(l[i], want, "sample {i}");
         }
-        assert_ne!(l[1] - l[0], l[n - 1] - l[n - 2] + 1.0, "gains change inside the block");
+        // A gain held for the whole block (the first sample's) would give another last sample.
+        let held: f32 = (0..STEM_COUNT).map(|k| gains[0][k] * ((8 + n - 1) * 10 + k * 2) as f32).sum();
+        assert_ne!(l[n - 1], held);
     }
 
     #[test]
