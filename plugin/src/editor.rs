@@ -319,6 +319,9 @@ impl EditorApp {
             if ui.button("Export stems").on_hover_text("WAV at the host rate; existing files are never overwritten").clicked() {
                 shared.send(Command::Export(self.export_dir.trim().into()));
             }
+            if ui.button("Export MIDI").on_hover_text("The bass line as a MIDI file, on the host's tempo grid; never overwrites").clicked() {
+                shared.send(Command::ExportMidi(self.export_dir.trim().into()));
+            }
         });
         ui.horizontal(|ui| {
             ui.label("Model file");

@@ -112,6 +112,8 @@ pub enum Command {
     Restore,
     /// Write the current stems as WAVs into this folder.
     Export(PathBuf),
+    /// Transcribe the current bass stem to `bass.mid` in this folder (at the host tempo if known).
+    ExportMidi(PathBuf),
     /// Use this model file (None = `MSDM_MODEL` or the bundled default).
     SetModel(Option<String>),
     Shutdown,

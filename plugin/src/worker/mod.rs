@@ -200,6 +200,10 @@ impl Worker {
             }
             Command::SelectTake(i) => self.select_take(i),
             Command::Restore => self.restore(),
+            Command::ExportMidi(dir) => match self.export_midi(&dir) {
+                Ok(msg) => self.shared.set_message(msg),
+                Err(e) => self.shared.set_message(format!("MIDI export failed: {e:#}")),
+            },
             Command::Export(dir) => match self.export(&dir) {
                 Ok(msg) => self.shared.set_message(msg),
                 Err(e) => self.shared.set_message(format!("Export failed: {e:#}")),
