@@ -4,6 +4,7 @@
 # cache), exports, saves, reloads and finds the plugin again with its state. RUNS sessions in a row (the stress
 # form for host crashes), one line each, then "N of RUNS runs passed". Exit status 0 only if all passed.
 #   tools/hosts/ardour_check.sh [RUNS] [PATH_TO.vst3]   (default 1, target/bundled/MSDM Stems.vst3)
+# ARDOUR_CACHE=DIR shares one stem cache between runs (after the first, renders are cache hits).
 # ARDOUR_PRELOAD=lib.so preloads a library into Ardour only (e.g. libasan for an ASan-built plugin:
 # tools/hosts/ardour_asan.sh).
 # Build the bundle first: cargo xtask bundle msdm-plugin --release
@@ -50,7 +51,7 @@ PY
 work=$(mktemp -d); bad=0
 for i in $(seq 1 "$runs"); do
   d=$work/$i; mkdir -p "$d"
-  MSDM_CACHE_DIR=$d/cache ARDOUR_CHECK_DIR=$d LD_PRELOAD=${ARDOUR_PRELOAD:-} timeout 600 ardour7-lua "$here/ardour_session.lua" >"$d/log" 2>&1; rc=$?
+  MSDM_CACHE_DIR=${ARDOUR_CACHE:-$d/cache} ARDOUR_CHECK_DIR=$d LD_PRELOAD=${ARDOUR_PRELOAD:-} timeout 600 ardour7-lua "$here/ardour_session.lua" >"$d/log" 2>&1; rc=$?
   val() { grep -m1 "^$1" "$d/log" | awk '{print $2}'; }
   why=""
   [ $rc = 0 ] && grep -q '^DONE' "$d/log" || why="ardour exited with $rc: $(grep -E -i 'AddressSanitizer|corrupt|double free|invalid|munmap|abort|segmentation|assert' "$d/log" | grep -v -i mp3 | head -1)"
