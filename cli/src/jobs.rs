@@ -96,6 +96,33 @@ pub(crate) fn describe(s: &Settings) -> String {
     format!("{} steps x {} resamples, churn {}, seed {}", s.steps, s.resamples, s.churn, s.seed)
 }
 
+/// One take: runs `sample` under a progress bar, writes its stems into `dir` (named `names`,
+/// under `policy`) and says so; returns the stems for what the caller adds (MIDI, edge report).
+pub(crate) fn write_take(
+    dir: &Path,
+    names: &[&str],
+    policy: OutputPolicy,
+    out: &OutputArgs,
+    several: bool,
+    seed: u64,
+    sample: impl FnOnce(&mut dyn FnMut(tasks::Progress) -> bool) -> Result<tasks::StemSet>,
+) -> Result<tasks::StemSet> {
+    let pb = crate::progress::bar(out.quiet, if several { "take" } else { "sampling" });
+    let result = sample(&mut |p| {
+        pb.set_length(p.total as u64);
+        pb.set_position(p.done as u64);
+        true
+    });
+    pb.finish_and_clear();
+    let set = result?;
+    let paths = audio::ensure_output_dir(dir, names, policy)?;
+    for (stem, path) in set.stems.iter().zip(&paths) {
+        audio::write_wav(path, stem, format(out.format))?;
+    }
+    println!("wrote {} stems to {} in {:.1} s (seed {seed})", set.stems.len(), dir.display(), set.seconds);
+    Ok(set)
+}
+
 /// Runs `job` once per take and writes the stems.
 fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) -> Result<()> {
     let midi = crate::midi::job_options(out)?;
@@ -104,19 +131,7 @@ fn run_takes(model: &Model, job: &Job, settings: &Settings, out: &OutputArgs) ->
     eprintln!("{}", describe(settings));
     for (k, dir) in dirs.iter().enumerate() {
         let s = Settings { seed: settings.seed + k as u64, ..settings.clone() };
-        let pb = crate::progress::bar(out.quiet, if out.takes > 1 { "take" } else { "sampling" });
-        let result = tasks::run(model, job, &s, &mut |p| {
-            pb.set_length(p.total as u64);
-            pb.set_position(p.done as u64);
-            true
-        });
-        pb.finish_and_clear();
-        let set = result?;
-        let paths = audio::ensure_output_dir(dir, &name_refs, policy)?;
-        for (stem, path) in set.stems.iter().zip(&paths) {
-            audio::write_wav(path, stem, format(out.format))?;
-        }
-        println!("wrote {} stems to {} in {:.1} s (seed {})", set.stems.len(), dir.display(), set.seconds, s.seed);
+        let set = write_take(dir, &name_refs, policy, out, dirs.len() > 1, s.seed, |progress| tasks::run(model, job, &s, progress))?;
         if let Some(opts) = &midi {
             crate::midi::write_job_midi(dir, &set.stems[crate::midi::bass_index(&model.meta.stems)?], opts)?;
         }

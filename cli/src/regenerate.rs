@@ -125,19 +125,9 @@ pub fn run(args: &RegenerateArgs) -> Result<()> {
     );
     for (k, dir) in dirs.iter().enumerate() {
         let s = Settings { seed: settings.seed + k as u64, ..settings.clone() };
-        let pb = crate::progress::bar(args.out.quiet, if dirs.len() > 1 { "take" } else { "sampling" });
-        let result = regenerate::regenerate(&model, &stems, &what, &s, &mut |p| {
-            pb.set_length(p.total as u64);
-            pb.set_position(p.done as u64);
-            true
-        });
-        pb.finish_and_clear();
-        let set = result?;
-        let paths = audio::ensure_output_dir(dir, &name_refs, policy)?;
-        for (stem, path) in set.stems.iter().zip(&paths) {
-            audio::write_wav(path, stem, jobs::format(args.out.format))?;
-        }
-        println!("wrote {} stems to {} in {:.1} s (seed {})", set.stems.len(), dir.display(), set.seconds, s.seed);
+        let set = jobs::write_take(dir, &name_refs, policy, &args.out, dirs.len() > 1, s.seed, |progress| {
+            regenerate::regenerate(&model, &stems, &what, &s, progress)
+        })?;
         for line in edge_report(&regenerate::edge_steps(&stems, &set.stems, &what), &names, rate) {
             println!("{line}");
         }

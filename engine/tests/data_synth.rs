@@ -8,17 +8,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 
-const TEST_SF: &str = "/usr/share/sounds/sf2/TimGM6mb.sf2";
-
-fn soundfont() -> Option<PathBuf> {
-    let p = PathBuf::from(std::env::var("MSDM_TEST_SOUNDFONT").unwrap_or_else(|_| TEST_SF.to_string()));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("skipping: no SoundFont at {} (apt-get install timgm6mb-soundfont)", p.display());
-        None
-    }
-}
+mod common;
+use common::soundfont;
 
 fn read_wav(p: &Path) -> (hound::WavSpec, Vec<f32>) {
     let mut r = hound::WavReader::open(p).unwrap();

@@ -6,19 +6,9 @@ use msdm::audio::read_audio;
 use msdm::data::synth::SynthOptions;
 use msdm::transcribe::evaluate::{evaluate_split, reference_bass};
 use msdm::transcribe::{read_midi, score, transcribe, transcribe_to_midi, Tolerance, TranscribeOptions};
-use std::path::PathBuf;
 
-const TEST_SF: &str = "/usr/share/sounds/sf2/TimGM6mb.sf2";
-
-fn soundfont() -> Option<PathBuf> {
-    let p = PathBuf::from(std::env::var("MSDM_TEST_SOUNDFONT").unwrap_or_else(|_| TEST_SF.to_string()));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("skipping: no SoundFont at {} (apt-get install timgm6mb-soundfont)", p.display());
-        None
-    }
-}
+mod common;
+use common::soundfont;
 
 #[test]
 fn synthesised_bass_lines_come_back_as_their_midi() {
