@@ -17,6 +17,27 @@ impl Default for SigmaDistribution {
     }
 }
 
+/// How a per-stem-σ model's training items are drawn (shares of the three tasks; they need not
+/// sum to one, they are normalised). Each item is one task:
+/// - `joint`: every stem at one σ (the reference objective: generation and Dirac separation);
+/// - `conditional`: a random non-empty proper subset of the stems clean (σ = 0, no loss), the
+///   others at one σ (imputation with the given stems clean);
+/// - `independent`: one σ per stem, drawn independently (the marginals and everything between).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StemTaskMix {
+    pub joint: f64,
+    pub conditional: f64,
+    pub independent: f64,
+}
+
+impl Default for StemTaskMix {
+    /// Tilted towards conditional items (the reading notes suggest 0.5 / 0.35 / 0.15): the
+    /// network starts from a joint model, and imputation is what it has not learned.
+    fn default() -> Self {
+        Self { joint: 0.4, conditional: 0.45, independent: 0.15 }
+    }
+}
+
 /// The reference `model:` kwargs. Unknown keys are ignored, so a reference config can be read as is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -49,6 +70,14 @@ pub struct ModelConfig {
     pub diffusion_sigma_distribution: SigmaDistribution,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_sizes_init: Option<Vec<usize>>,
+    /// Not in the reference: the network takes one noise level per stem (σ `[B, C]`) through an
+    /// extra, zero-initialised embedding (see [`crate::unet`]). Absent (false) in reference
+    /// configs and older model files, which therefore keep their ids.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stem_sigmas: bool,
+    /// Training only, for per-stem-σ models: the task mixture (default [`StemTaskMix::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stem_tasks: Option<StemTaskMix>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +86,9 @@ pub struct ModelConfig {
     pub beta2: Option<f64>,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 fn one() -> usize {
     1
 }
@@ -107,6 +139,8 @@ impl ModelConfig {
             diffusion_sigma_data: 0.2,
             diffusion_sigma_distribution: SigmaDistribution::default(),
             kernel_sizes_init: None,
+            stem_sigmas: false,
+            stem_tasks: None,
             learning_rate: Some(1e-4),
             beta1: Some(0.9),
             beta2: Some(0.99),
@@ -188,6 +222,11 @@ impl ModelConfig {
     /// Number of U-Net levels.
     pub fn num_layers(&self) -> usize {
         self.multipliers.len().saturating_sub(1)
+    }
+
+    /// The task mixture of per-stem-σ training.
+    pub fn stem_task_mix(&self) -> StemTaskMix {
+        self.stem_tasks.unwrap_or_default()
     }
 
     /// Width of the σ mapping (4 × channels).
@@ -321,6 +360,18 @@ impl ModelConfig {
         if !(self.diffusion_sigma_data > 0.0) {
             bail!("model config: diffusion_sigma_data must be positive");
         }
+        if let Some(m) = self.stem_tasks {
+            let shares = [m.joint, m.conditional, m.independent];
+            if !self.stem_sigmas {
+                bail!("model config: `stem_tasks` needs `stem_sigmas: true` (a network that takes one σ per stem)");
+            }
+            if shares.iter().any(|s| !s.is_finite() || *s < 0.0) || shares.iter().sum::<f64>() <= 0.0 {
+                bail!("model config: `stem_tasks` shares must be finite, non-negative and not all zero, got {shares:?}");
+            }
+            if m.conditional > 0.0 && self.in_channels < 2 {
+                bail!("model config: conditional training items need at least two stems");
+            }
+        }
         Ok(())
     }
 
@@ -400,15 +451,20 @@ mod tests {
         assert!(err.contains("GroupNorm(4)") && err.contains("try channels 64 or 128"), "{err}");
     }
 
-    /// tools/train/wide-sigma.json (how the bundled model was fine-tuned) and wide128.json (the
-    /// next size up) are the `small` preset with only the changes the model card names.
+    /// tools/train/wide-sigma.json (how the bundled model was fine-tuned), wide128.json (the next
+    /// size up) and stem-sigmas.json (the per-stem σ fine-tuning) are the `small` preset with only
+    /// the changes the model card names.
     #[test]
     fn the_training_configs_are_the_small_preset_with_the_documented_changes() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/train");
         let mut expected = ModelConfig::small();
         expected.diffusion_sigma_distribution = SigmaDistribution { mean: -2.0, std: 1.8 };
         assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/wide-sigma.json")).unwrap(), expected);
+        let wide = expected.clone();
         expected.channels = 128;
         assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/wide128.json")).unwrap(), expected);
+        // the per-stem σ fine-tuning (issue 15): wide-sigma with the stem embedding and the task mixture
+        let stems = ModelConfig { stem_sigmas: true, stem_tasks: Some(StemTaskMix::default()), ..wide };
+        assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas.json")).unwrap(), stems);
     }
 }

@@ -4,6 +4,12 @@
 //! One loop serves every task; what differs is the posterior (see [`Posterior`]): the plain prior
 //! (total generation), channel-masked inpainting (source imputation), and the Dirac and Gaussian
 //! separation likelihoods ([`crate::separator`]).
+//!
+//! With a per-stem σ model ([`Denoiser::takes_stem_sigmas`]) imputation keeps every stem that is
+//! given over the whole window clean: the model sees it at σ = 0 at every step, instead of
+//! re-noised to the current σ as the reference does; the schedule runs on the other stems only.
+//! A stem given over part of the window (a time range to regenerate) keeps the reference's
+//! replacement. The noise draws are the same in both cases.
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -96,6 +102,22 @@ pub fn sample(
         }
         _ => None,
     };
+    // Per-stem σ models: the stems given over the whole window stay clean (1 in `clean`).
+    let clean = match posterior {
+        Posterior::Impute { mask, .. } if denoiser.takes_stem_sigmas() => Some(fully_given(mask, c)?),
+        _ => None,
+    };
+    let clean = clean.filter(|k| k.iter().any(|&g| g));
+    let clean_mask = match &clean {
+        Some(k) => Some(Tensor::from_vec(k.iter().map(|&g| if g { 1f32 } else { 0.0 }).collect::<Vec<_>>(), (1, c, 1), device)?),
+        None => None,
+    };
+    let keep_clean = |x: Tensor| -> Result<Tensor> {
+        match (&clean_mask, posterior) {
+            (Some(m), Posterior::Impute { source, .. }) => Ok((source.broadcast_mul(m)? + x.broadcast_mul(&(1.0 - m)?)?)?),
+            _ => Ok(x),
+        }
+    };
     let gamma = config.gamma();
     let sigmas = &config.sigmas;
     let total = config.calls();
@@ -120,7 +142,15 @@ pub fn sample(
             let sigma_hat = sigma * (gamma + 1.0);
             let churn = (sigma_hat * sigma_hat - sigma * sigma).sqrt();
             x = (x + (draw(noise, &shape, device)? * churn as f64)?)?;
-            let d = differential(denoiser, &mut x, sigma_hat, posterior)?;
+            let d = match &clean {
+                Some(given) => {
+                    x = keep_clean(x)?;
+                    let sigmas: Vec<f32> = given.iter().map(|&g| if g { 0.0 } else { sigma_hat }).collect();
+                    let den = denoiser.denoise_stems(&x, &sigmas)?;
+                    ((&x - den)? / sigma_hat as f64)?
+                }
+                None => differential(denoiser, &mut x, sigma_hat, posterior)?,
+            };
             x = (&x + (d * (sigma_next - sigma_hat) as f64)?)?;
             if r + 1 < config.resamples {
                 let renoise = (sigma * sigma - sigma_next * sigma_next).sqrt();
@@ -136,6 +166,16 @@ pub fn sample(
         x = (source.broadcast_mul(m)? + x.broadcast_mul(&(1.0 - m)?)?)?;
     }
     Ok(x)
+}
+
+/// For each of the `c` stems, whether `mask` (`[B|1, C, T|1]`) gives it everywhere.
+fn fully_given(mask: &Tensor, c: usize) -> Result<Vec<bool>> {
+    let m = mask.transpose(0, 1)?.flatten_from(1)?.min(1)?.to_dtype(candle_core::DType::F32)?;
+    let v: Vec<f32> = m.to_vec1()?;
+    if v.len() != c {
+        bail!("the imputation mask has {} stems, the model {c}", v.len());
+    }
+    Ok(v.into_iter().map(|x| x >= 1.0).collect())
 }
 
 /// The ODE derivative dx/dσ under the posterior, at the churned state `x` (which the Dirac

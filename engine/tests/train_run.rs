@@ -240,3 +240,43 @@ fn train_can_start_from_a_model_file() {
     assert!(err.to_string().contains("network differs"), "{err}");
     assert!(!tmp.path().join("other").exists(), "a refused run must not leave a directory behind");
 }
+
+/// A per-stem σ run (`stem_sigmas`, issue 15) fine-tuned from a reference-style model: the step-0
+/// checkpoint holds the model's weights unchanged plus a stem embedding that starts at zero; it
+/// trains, resumes bit for bit, and its files say the network takes per-stem σ.
+#[test]
+fn a_per_stem_run_starts_from_a_reference_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    write_dataset(&root);
+    let init_path = tmp.path().join("init.safetensors");
+    Model::random(ModelConfig::tiny(), 7, &Device::Cpu).unwrap().save(&init_path, msdm::model_file::StoreDType::F32).unwrap();
+    let init = Model::load(&init_path, &Device::Cpu).unwrap();
+
+    let mut s = settings(&root);
+    s.config.stem_sigmas = true;
+    let dir = tmp.path().join("run");
+    let mut trainer = Trainer::create_from(&dir, s.clone(), Some(&init), true, &Device::Cpu).unwrap();
+    let start = weights_bits(&dir.join("model.safetensors"));
+    let reference = weights_bits(&init_path);
+    let (added, kept): (Vec<_>, Vec<_>) = start.into_iter().partition(|(n, _)| n.starts_with("stem_sigmas."));
+    assert_eq!(kept, reference, "the reference weights must be carried over unchanged");
+    let zero = |name: &str| added.iter().find(|(n, _)| n == name).unwrap().1.iter().all(|&b| f32::from_bits(b) == 0.0);
+    assert!(zero("stem_sigmas.to_features.weight") && zero("stem_sigmas.to_features.bias"));
+
+    let losses = run(&mut trainer, 3);
+    assert!(!losses.is_empty() && losses.iter().all(|(_, l)| l.is_finite()), "{losses:?}");
+    let trained = weights_bits(&dir.join("model.safetensors"));
+    assert!(!trained.iter().find(|(n, _)| n == "stem_sigmas.to_features.weight").unwrap().1.iter().all(|&b| b == 0), "the stem embedding did not train");
+    drop(trainer);
+    let mut resumed = Trainer::resume(&dir, true, &Device::Cpu).unwrap();
+    assert_eq!(resumed.step_count(), 3);
+    let model = Model::load(&dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(model.config.stem_sigmas && model.denoiser.net.takes_stem_sigmas());
+    run(&mut resumed, 4);
+
+    // a reference-style run cannot start from a per-stem model (it would drop trained weights)
+    let per_stem = Model::load(&dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let err = Trainer::create_from(&tmp.path().join("back"), settings(&root), Some(&per_stem), true, &Device::Cpu).err().expect("refused");
+    assert!(err.to_string().contains("network differs"), "{err}");
+}

@@ -12,6 +12,9 @@
 # Stop it with `kill $(cat runs/default/train.pid)` (SIGTERM): it checkpoints and exits.
 # Everything can be overridden through the environment (MSDM_BIN: use this prebuilt binary), e.g.
 #   STEPS=200000 LR=1e-4 tools/train/run_default.sh
+# The per-stem σ model (issue 15) is fine-tuned from the bundled model:
+#   RUN=runs/stems CONFIG=tools/train/stem-sigmas.json INIT=assets/msdm-small.safetensors LR=1e-4 SEED=1515 EMA=0.999 \
+#     tools/train/run_default.sh
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -31,6 +34,7 @@ CHECKPOINT_EVERY="${CHECKPOINT_EVERY:-250}"
 VAL_EVERY="${VAL_EVERY:-1000}"
 LOG_EVERY="${LOG_EVERY:-25}"
 EMA="${EMA:-0.9995}"           # decay of the weight average (ema.safetensors); 0: none
+INIT="${INIT:-}"               # a model file to start a new run from (train --init), e.g. assets/msdm-small.safetensors
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
 
 mkdir -p "$RUN"
@@ -81,10 +85,11 @@ if [[ -f "$RUN/trainer.json" ]]; then
     what="resuming"
 else
     args+=(--run-dir "$RUN" --data "$DATA" --config "$CONFIG" --window "$WINDOW" --batch "$BATCH" --lr "$LR" --seed "$SEED")
+    [[ -n "$INIT" ]] && args+=(--init "$INIT")
     what="starting"
 fi
 
 echo "$(date -Is) $what: $BIN ${args[*]}" >> "$LOG"
-nohup nice -n 10 "$BIN" "${args[@]}" >> "$LOG" 2>&1 < /dev/null &
+nohup nice -n 19 "$BIN" "${args[@]}" >> "$LOG" 2>&1 < /dev/null &
 echo $! > "$PIDFILE"
 echo "$what training in the background (pid $!); log: $LOG; progress: $RUN/train.csv"

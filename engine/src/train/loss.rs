@@ -4,6 +4,11 @@
 //! loss = mean_b [ w(σ_b) · mean_{C,T} (D(x_noisy, σ_b) − x)² ],  w(σ) = (σ² + σ_d²)/(σ·σ_d)²,
 //! where D is [`EdmDenoiser::denoise_sigmas`] (clamp to [−1, 1] inside, so clamped outputs get no
 //! gradient). All draws come from the caller's seeded RNG.
+//!
+//! Per-stem σ models ([`super::tasks`]) have σ per item and stem: a clean stem (σ = 0) is left out
+//! of the loss, and each item's loss is the mean over its noisy stems,
+//! loss_b = Σ_{c noisy} w(σ_bc) · mean_T (D − x)² / n_noisy,b (the reference's loss when every stem
+//! shares one σ).
 
 use candle_core::{DType, Device, Result, Tensor};
 use rand::Rng;
@@ -11,7 +16,9 @@ use rand_distr::StandardNormal;
 
 use crate::config::SigmaDistribution;
 use crate::denoiser::{edm_coefficients, EdmDenoiser};
+use crate::unet::stem_embedding::stem_c_noise;
 use super::loss_stage::{edm_item_losses, fused_loss_applies, EdmLossCoefficients};
+use super::tasks::StemNoiseDraw;
 
 /// The noise of one training batch: σ per item and ε for every sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,7 +44,8 @@ pub fn loss_weight(sigma: f64, sigma_data: f64) -> f64 {
     (sigma * sigma + sigma_data * sigma_data) / (sigma * sigma_data).powi(2)
 }
 
-/// A training batch as tensors in the network's dtype: clean sources x `[B, C, T]`, σ `[B]`, ε `[B, C, T]`.
+/// A training batch as tensors in the network's dtype: clean sources x `[B, C, T]`, σ `[B]` (or
+/// `[B, C]` for a per-stem σ model), ε `[B, C, T]`.
 pub struct LossBatch {
     pub x: Tensor,
     pub sigmas: Tensor,
@@ -64,6 +72,34 @@ impl LossBatch {
         })
     }
 
+    /// From flat data and a per-stem draw (σ `[B, C]`, 0 for clean stems).
+    pub fn per_stem(x: Vec<f32>, channels: usize, draw: StemNoiseDraw, dtype: DType, device: &Device) -> Result<Self> {
+        let b = draw.tasks.len();
+        if b == 0 || draw.sigmas.len() != b * channels || x.len() % (b * channels) != 0 || draw.noise.len() != x.len() {
+            candle_core::bail!(
+                "loss batch: {} samples, {} noise values and {} sigmas do not form a [{b}, {channels}, T] batch",
+                x.len(),
+                draw.noise.len(),
+                draw.sigmas.len()
+            );
+        }
+        let t = x.len() / (b * channels);
+        let mk = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, device)?.to_dtype(dtype);
+        Ok(Self {
+            x: mk(x, &[b, channels, t])?,
+            sigmas: mk(draw.sigmas, &[b, channels])?,
+            noise: mk(draw.noise, &[b, channels, t])?,
+        })
+    }
+
+    /// σ broadcastable against `[B, C, T]`.
+    fn sigma_column(&self) -> Result<Tensor> {
+        match self.sigmas.rank() {
+            2 => self.sigmas.unsqueeze(2),
+            _ => self.sigmas.reshape((self.batch_size(), 1, 1)),
+        }
+    }
+
     pub fn batch_size(&self) -> usize {
         self.sigmas.dims()[0]
     }
@@ -82,32 +118,85 @@ pub fn item_losses(denoiser: &EdmDenoiser, batch: &LossBatch) -> Result<Tensor> 
     if !fused_loss_applies(&batch.x) || denoiser.compute_dtype != DType::F32 {
         return item_losses_composite(denoiser, batch);
     }
-    let b = batch.batch_size();
+    let (b, c) = (batch.batch_size(), batch.x.dim(1)?);
     let sd = denoiser.sigma_data as f32;
+    let dev = batch.x.device();
+    let x_noisy = (&batch.x + batch.noise.broadcast_mul(&batch.sigma_column()?)?)?;
+    if batch.sigmas.rank() == 2 {
+        let rows = StemRows::new(&batch.sigmas.to_vec2()?, sd)?;
+        let c_noise = Tensor::from_vec(rows.c_noise, b, dev)?;
+        let stem_noise = Tensor::from_vec(rows.stem_noise, (b, c), dev)?;
+        let c_in = Tensor::from_vec(rows.c_in, (b, c, 1), dev)?;
+        let f = denoiser.run_net_stems(&x_noisy.broadcast_mul(&c_in)?, &c_noise, &stem_noise)?;
+        return edm_item_losses(&f, &x_noisy, &batch.x, &rows.k);
+    }
     let sigmas: Vec<f32> = batch.sigmas.to_vec1()?;
-    let mut k = EdmLossCoefficients { c_skip: vec![], c_out: vec![], weight: vec![] };
+    let (mut skip, mut out, mut weight) = (vec![], vec![], vec![]);
     let (mut c_in, mut c_noise) = (vec![], vec![]);
     for &s in &sigmas {
-        let (skip, out, inp, noise) = edm_coefficients(s, sd);
-        k.c_skip.push(skip);
-        k.c_out.push(out);
-        k.weight.push(loss_weight(s as f64, sd as f64) as f32);
-        c_in.push(inp);
-        c_noise.push(noise);
+        let (k_skip, k_out, k_in, k_noise) = edm_coefficients(s, sd);
+        skip.push(k_skip);
+        out.push(k_out);
+        weight.push(loss_weight(s as f64, sd as f64) as f32);
+        c_in.push(k_in);
+        c_noise.push(k_noise);
     }
-    let s = batch.sigmas.reshape((b, 1, 1))?;
-    let x_noisy = (&batch.x + batch.noise.broadcast_mul(&s)?)?;
-    let c_in = Tensor::from_vec(c_in, (b, 1, 1), batch.x.device())?;
-    let f = denoiser.run_net(&x_noisy.broadcast_mul(&c_in)?, &Tensor::from_vec(c_noise, b, batch.x.device())?)?;
+    let k = EdmLossCoefficients::per_item(&skip, &out, &weight, c);
+    let c_in = Tensor::from_vec(c_in, (b, 1, 1), dev)?;
+    let f = denoiser.run_net(&x_noisy.broadcast_mul(&c_in)?, &Tensor::from_vec(c_noise, b, dev)?)?;
     edm_item_losses(&f, &x_noisy, &batch.x, &k)
+}
+
+/// The per-row coefficients of a per-stem batch: loss coefficients, c_in, and the network's
+/// inputs (c_noise of each item's largest σ, per-stem c_noise).
+struct StemRows {
+    k: EdmLossCoefficients,
+    c_in: Vec<f32>,
+    c_noise: Vec<f32>,
+    stem_noise: Vec<f32>,
+}
+
+impl StemRows {
+    fn new(sigmas: &[Vec<f32>], sd: f32) -> Result<Self> {
+        let mut r = StemRows { k: EdmLossCoefficients { c_skip: vec![], c_out: vec![], weight: vec![] }, c_in: vec![], c_noise: vec![], stem_noise: vec![] };
+        for item in sigmas {
+            let top = item.iter().copied().fold(0f32, f32::max);
+            let noisy = item.iter().filter(|&&s| s > 0.0).count();
+            if noisy == 0 {
+                candle_core::bail!("a training item has every stem clean (σ = 0): nothing to learn");
+            }
+            r.c_noise.push(edm_coefficients(top, sd).3);
+            for &s in item {
+                let (skip, out, inp, _) = edm_coefficients(s, sd);
+                let w = if s > 0.0 { loss_weight(s as f64, sd as f64) * item.len() as f64 / noisy as f64 } else { 0.0 };
+                r.k.c_skip.push(skip);
+                r.k.c_out.push(out);
+                r.k.weight.push(w as f32);
+                r.c_in.push(inp);
+                r.stem_noise.push(stem_c_noise(s));
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// [`item_losses`] composed of candle ops (any device and dtype).
 pub fn item_losses_composite(denoiser: &EdmDenoiser, batch: &LossBatch) -> Result<Tensor> {
-    let b = batch.batch_size();
-    let s = batch.sigmas.reshape((b, 1, 1))?;
-    let x_noisy = (&batch.x + batch.noise.broadcast_mul(&s)?)?;
+    let x_noisy = (&batch.x + batch.noise.broadcast_mul(&batch.sigma_column()?)?)?;
     let denoised = denoiser.denoise_sigmas(&x_noisy, &batch.sigmas)?;
+    if batch.sigmas.rank() == 2 {
+        let sigmas = batch.sigmas.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let sd = denoiser.sigma_data;
+        let w: Vec<f64> = sigmas
+            .iter()
+            .flat_map(|item| {
+                let noisy = item.iter().filter(|&&s| s > 0.0).count().max(1) as f64;
+                item.iter().map(move |&s| if s > 0.0 { loss_weight(s, sd) * item.len() as f64 / noisy } else { 0.0 })
+            })
+            .collect();
+        let w = Tensor::from_vec(w, batch.sigmas.dims(), batch.x.device())?.to_dtype(batch.x.dtype())?.unsqueeze(2)?;
+        return (denoised - &batch.x)?.sqr()?.broadcast_mul(&w)?.flatten_from(1)?.mean(1);
+    }
     let mse = (denoised - &batch.x)?.sqr()?.flatten_from(1)?.mean(1)?;
     // w = (σ² + σ_d²) · (σ·σ_d)^-2, computed on the tensor (no gradient flows into σ anyway).
     let sd = denoiser.sigma_data;

@@ -3,6 +3,8 @@
 //! draws, checkpoints and bit-for-bit resume.
 //!
 //! - [`loss`]: σ ~ log-normal, x_noisy = x + σ·ε, the weighted denoising loss;
+//! - [`tasks`]: per-stem σ models' task mixture (joint, conditional with clean given stems,
+//!   independent σ per stem);
 //! - [`loss_stage`]: the loss's last stage (preconditioning, clamp, weighted squared error) as one
 //!   op with its backward (CPU f32);
 //! - [`adam`]: Adam (not AdamW) with saveable moments;
@@ -24,6 +26,7 @@ pub mod loss_stage;
 pub mod net;
 pub mod run;
 pub mod seeds;
+pub mod tasks;
 pub mod trainer;
 
 pub use adam::{Adam, AdamConfig};
@@ -32,4 +35,5 @@ pub use loss::{denoising_loss, draw_noise, item_losses, item_losses_composite, l
 pub use loss_stage::{edm_item_losses, fused_loss_applies, EdmLossCoefficients};
 pub use net::TrainableNet;
 pub use run::{RunSettings, RunState, Validation};
+pub use tasks::{draw_stem_noise, StemNoiseDraw, StemTask};
 pub use trainer::{train, Event, Schedule, Summary, Trainer};

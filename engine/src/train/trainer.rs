@@ -15,6 +15,7 @@ use super::loss::{denoising_loss, draw_noise, item_losses, LossBatch};
 use super::net::TrainableNet;
 use super::run::{self, CsvLog, RunSettings, RunState, Validation};
 use super::seeds::{self, EpochSampler, Purpose};
+use super::tasks::draw_stem_noise;
 use crate::data::MultiSourceDataset;
 use crate::denoiser::EdmDenoiser;
 use crate::model_file::{Model, ModelMeta, StoreDType};
@@ -113,7 +114,8 @@ impl Trainer {
     /// Starts a new run like [`Self::create`], its weights taken from `init` instead of a random
     /// initialisation (the optimizer starts fresh): fine-tuning a trained model with other
     /// settings, e.g. another σ distribution. `init` must have the run's network; the σ
-    /// distribution and optimizer fields of its config may differ.
+    /// distribution and optimizer fields of its config may differ, and a reference-style model may
+    /// start a per-stem σ run (its stem embedding starts at zero: see [`crate::unet`]).
     pub fn create_from(run_dir: &Path, settings: RunSettings, init: Option<&Model>, with_validation: bool, device: &Device) -> Result<Self> {
         settings.validate()?;
         if run_dir.join(run::STATE_FILE).exists() {
@@ -127,6 +129,9 @@ impl Trainer {
                 network.learning_rate = settings.config.learning_rate;
                 network.beta1 = settings.config.beta1;
                 network.beta2 = settings.config.beta2;
+                network.stem_tasks = settings.config.stem_tasks;
+                let add_stem_embedding = settings.config.stem_sigmas && !model.config.stem_sigmas;
+                network.stem_sigmas |= add_stem_embedding;
                 if network != settings.config {
                     bail!(
                         "the initial model's network differs from the run's config: pass the --config it was trained with \
@@ -134,7 +139,12 @@ impl Trainer {
                     );
                 }
                 // the run's config (its σ distribution and optimizer fields) goes with the weights
-                let as_run = Model::from_tensors(settings.config.clone(), model.meta.clone(), model.tensors().iter().cloned().collect())?;
+                let mut tensors: Vec<_> = model.tensors().to_vec();
+                if add_stem_embedding {
+                    let fresh = Model::random(settings.config.clone(), settings.seed, &Device::Cpu)?;
+                    tensors.extend(fresh.tensors().iter().filter(|(n, _)| n.starts_with("stem_sigmas.")).cloned());
+                }
+                let as_run = Model::from_tensors(settings.config.clone(), model.meta.clone(), tensors.into_iter().collect())?;
                 TrainableNet::from_model(&as_run, DType::F32, device)?
             }
         };
@@ -271,7 +281,12 @@ impl Trainer {
             Some(st) => (0..b).flat_map(|i| x[(i * 4 + st) * l..(i * 4 + st + 1) * l].to_vec()).collect(),
         };
         let c = s.config.in_channels;
-        let draw = draw_noise(rng, s.config.diffusion_sigma_distribution, b, c * l);
+        let dist = s.config.diffusion_sigma_distribution;
+        if s.config.stem_sigmas {
+            let draw = draw_stem_noise(rng, dist, s.config.stem_task_mix(), b, c, l);
+            return Ok(LossBatch::per_stem(x, c, draw, self.net.dtype(), &self.net.device())?);
+        }
+        let draw = draw_noise(rng, dist, b, c * l);
         Ok(LossBatch::new(x, c, draw, self.net.dtype(), &self.net.device())?)
     }
 

@@ -3,11 +3,13 @@
 
 pub mod blocks;
 pub mod params;
+pub mod stem_embedding;
 
 use candle_core::{Result, Tensor};
 
 use self::blocks::{conv, Attention, Linear, ResnetBlock, Transformer};
 use self::params::{Init, Params, Scope, ShapeRecorder};
+use self::stem_embedding::StemEmbedding;
 use crate::config::ModelConfig;
 use crate::ops;
 
@@ -52,6 +54,8 @@ pub struct UNet1d {
     time_weights: Tensor,
     to_time: Linear,
     to_mapping: [Linear; 2],
+    /// Per-stem σ models only (not in the reference).
+    stem_embedding: Option<StemEmbedding>,
     to_in: Vec<ResnetBlock>,
     downsamples: Vec<DownLevel>,
     bottleneck: Bottleneck,
@@ -75,6 +79,8 @@ impl UNet1d {
         let time_weights = s.pp("to_time.0.0").get("weights", &[c / 2], Init::StandardNormal)?;
         let to_time = Linear::new(&s.pp("to_time.0.1"), c + 1, m, true)?;
         let to_mapping = [Linear::new(&s.pp("to_mapping.0"), m, m, true)?, Linear::new(&s.pp("to_mapping.2"), m, m, true)?];
+        let stem_embedding =
+            if cfg.stem_sigmas { Some(StemEmbedding::new(&s.pp("stem_sigmas"), cfg.in_channels, m)?) } else { None };
 
         // Patcher: ResnetBlock(pre → post/f, groups min(f, pre)) then fold.
         let ic = cfg.in_channels;
@@ -151,6 +157,7 @@ impl UNet1d {
             time_weights,
             to_time,
             to_mapping,
+            stem_embedding,
             to_in,
             downsamples,
             bottleneck,
@@ -171,26 +178,43 @@ impl UNet1d {
         Ok(Self::parameter_shapes(cfg)?.iter().map(|(_, s)| s.iter().product::<usize>()).sum())
     }
 
-    /// The σ mapping m ∈ R^{B×4C} from `c_noise` = ln(σ)/4, shape `[B]`.
-    fn mapping(&self, c_noise: &Tensor) -> Result<Tensor> {
+    /// The σ mapping m ∈ R^{B×4C} from `c_noise` = ln(σ)/4, shape `[B]`, and for per-stem σ
+    /// models the per-stem c_noise `[B, C]`.
+    fn mapping(&self, c_noise: &Tensor, stem_noise: Option<&Tensor>) -> Result<Tensor> {
         let c = c_noise.unsqueeze(1)?; // [B, 1]
         let freqs = (c.broadcast_mul(&self.time_weights.unsqueeze(0)?)? * (2.0 * std::f64::consts::PI))?;
         let feats = Tensor::cat(&[&c, &freqs.sin()?, &freqs.cos()?], 1)?;
-        let t = ops::gelu(&self.to_time.forward(&feats)?)?;
+        let mut t = ops::gelu(&self.to_time.forward(&feats)?)?;
+        if let Some(e) = &self.stem_embedding {
+            // Without per-stem levels every stem is at the batch item's σ.
+            let all = c.broadcast_as((c.dim(0)?, self.config.in_channels))?;
+            t = (t + e.forward(stem_noise.unwrap_or(&all))?)?;
+        }
         let t = ops::gelu(&self.to_mapping[0].forward(&t)?)?;
         ops::gelu(&self.to_mapping[1].forward(&t)?)
     }
 
+    /// Whether the network takes one noise level per stem ([`Self::forward_stems`]).
+    pub fn takes_stem_sigmas(&self) -> bool {
+        self.stem_embedding.is_some()
+    }
+
     /// F_θ(x, c_noise): `x` `[B, in_channels, T]` with T a multiple of `config.length_multiple()`.
     pub fn forward(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
+        self.forward_stems(x, c_noise, None)
+    }
+
+    /// F_θ with per-stem noise levels `stem_noise` `[B, C]` (c_noise per stem) for a per-stem σ
+    /// model; `None` (or a reference model, which ignores it) is [`Self::forward`].
+    pub fn forward_stems(&self, x: &Tensor, c_noise: &Tensor, stem_noise: Option<&Tensor>) -> Result<Tensor> {
         if x.device().is_cpu() {
-            ops::on_workers(|| self.forward_on_device(x, c_noise))
+            ops::on_workers(|| self.forward_on_device(x, c_noise, stem_noise))
         } else {
-            self.forward_on_device(x, c_noise)
+            self.forward_on_device(x, c_noise, stem_noise)
         }
     }
 
-    fn forward_on_device(&self, x: &Tensor, c_noise: &Tensor) -> Result<Tensor> {
+    fn forward_on_device(&self, x: &Tensor, c_noise: &Tensor, stem_noise: Option<&Tensor>) -> Result<Tensor> {
         let t = x.dim(2)?;
         let mult = self.config.length_multiple();
         if t % mult != 0 {
@@ -198,7 +222,7 @@ impl UNet1d {
         }
         // Every ResnetBlock reads the mapping through SiLU (`to_scale_shift` = SiLU → Linear):
         // applied once here instead of once per block.
-        let mapping = ops::silu(&self.mapping(c_noise)?)?;
+        let mapping = ops::silu(&self.mapping(c_noise, stem_noise)?)?;
         let pf = self.config.patch_factor;
         let skip_scale = if self.config.use_skip_scale { std::f64::consts::FRAC_1_SQRT_2 } else { 1.0 };
 

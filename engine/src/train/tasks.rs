@@ -1,0 +1,132 @@
+//! The task mixture of per-stem σ training (not in the reference; see
+//! `../shared/reference/conditional-training.md` §1 and `ModelConfig::stem_tasks`).
+//!
+//! Each batch item draws one task, then its noise levels: every stem at one σ (joint), a random
+//! non-empty proper subset of the stems clean with the others at one σ (conditional), or one σ per
+//! stem (independent). Clean stems have σ = 0 and no loss. One network then learns the joint
+//! score the reference learns and the conditional scores imputation needs, with the given stems
+//! seen clean instead of buried in noise.
+
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use crate::config::{SigmaDistribution, StemTaskMix};
+
+/// One item's task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StemTask {
+    Joint,
+    /// The stems whose bit is set are given (clean).
+    Conditional { given: u32 },
+    Independent,
+}
+
+/// The noise of one per-stem batch: σ per item and stem (`[B, C]`, 0 = clean) and ε.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StemNoiseDraw {
+    pub tasks: Vec<StemTask>,
+    pub sigmas: Vec<f32>,
+    pub noise: Vec<f32>,
+}
+
+fn draw_sigma<R: Rng + ?Sized>(rng: &mut R, dist: SigmaDistribution) -> f32 {
+    let n: f64 = rng.sample(StandardNormal);
+    (dist.mean + dist.std * n).exp() as f32
+}
+
+/// Draws per item: the task (one uniform), then its σ values, then the subset for a conditional
+/// item; then ε (`batch · channels · len` values), all from `rng`. With one stem every item is
+/// joint (there is no proper subset to give).
+pub fn draw_stem_noise<R: Rng + ?Sized>(
+    rng: &mut R,
+    dist: SigmaDistribution,
+    mix: StemTaskMix,
+    batch: usize,
+    channels: usize,
+    len: usize,
+) -> StemNoiseDraw {
+    let total = mix.joint + mix.conditional + mix.independent;
+    let (mut tasks, mut sigmas) = (Vec::with_capacity(batch), Vec::with_capacity(batch * channels));
+    for _ in 0..batch {
+        let u = rng.random::<f64>() * total;
+        let task = if u < mix.joint || channels < 2 {
+            StemTask::Joint
+        } else if u < mix.joint + mix.conditional {
+            // uniform over the 2^C − 2 non-empty proper subsets
+            StemTask::Conditional { given: rng.random_range(1..(1u32 << channels) - 1) }
+        } else {
+            StemTask::Independent
+        };
+        match task {
+            StemTask::Joint => sigmas.extend(std::iter::repeat_n(draw_sigma(rng, dist), channels)),
+            StemTask::Conditional { given } => {
+                let s = draw_sigma(rng, dist);
+                sigmas.extend((0..channels).map(|c| if given >> c & 1 == 1 { 0.0 } else { s }));
+            }
+            StemTask::Independent => sigmas.extend((0..channels).map(|_| draw_sigma(rng, dist))),
+        }
+        tasks.push(task);
+    }
+    let noise = (0..batch * channels * len).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+    StemNoiseDraw { tasks, sigmas, noise }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_mixture_draws_each_task_at_its_share_with_the_right_sigmas() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let mix = StemTaskMix { joint: 0.4, conditional: 0.45, independent: 0.15 };
+        let (n, c) = (20_000, 4);
+        let d = draw_stem_noise(&mut rng, SigmaDistribution { mean: -2.0, std: 1.8 }, mix, n, c, 1);
+        assert_eq!((d.tasks.len(), d.sigmas.len(), d.noise.len()), (n, n * c, n * c));
+        let mut counts = [0usize; 3];
+        let mut subsets = [0usize; 16];
+        for (i, t) in d.tasks.iter().enumerate() {
+            let s = &d.sigmas[i * c..(i + 1) * c];
+            match *t {
+                StemTask::Joint => {
+                    counts[0] += 1;
+                    assert!(s.iter().all(|&v| v == s[0] && v > 0.0));
+                }
+                StemTask::Conditional { given } => {
+                    counts[1] += 1;
+                    subsets[given as usize] += 1;
+                    assert!(given > 0 && given < 15, "not a proper subset: {given}");
+                    let noisy: Vec<f32> = (0..c).filter(|k| given >> k & 1 == 0).map(|k| s[k]).collect();
+                    assert!((0..c).filter(|k| given >> k & 1 == 1).all(|k| s[k] == 0.0));
+                    assert!(noisy.iter().all(|&v| v == noisy[0] && v > 0.0));
+                }
+                StemTask::Independent => {
+                    counts[2] += 1;
+                    assert!(s.iter().all(|&v| v > 0.0) && s.windows(2).any(|w| w[0] != w[1]));
+                }
+            }
+        }
+        for (k, share) in [0.4, 0.45, 0.15].iter().enumerate() {
+            let got = counts[k] as f64 / n as f64;
+            assert!((got - share).abs() < 0.015, "task {k}: {got} against {share}");
+        }
+        // every proper subset about equally often (9,000 conditional items over 14 subsets)
+        assert_eq!((subsets[0], subsets[15]), (0, 0));
+        assert!(subsets[1..15].iter().all(|&k| (k as f64 - counts[1] as f64 / 14.0).abs() < 120.0), "{subsets:?}");
+        // the shared σ follows the distribution: log-mean of the joint items near −2
+        let logs: Vec<f64> = d.tasks.iter().enumerate().filter(|(_, t)| **t == StemTask::Joint).map(|(i, _)| (d.sigmas[i * c] as f64).ln()).collect();
+        let mean = logs.iter().sum::<f64>() / logs.len() as f64;
+        assert!((mean + 2.0).abs() < 0.06, "log-mean {mean}");
+    }
+
+    #[test]
+    fn one_stem_is_always_joint_and_draws_are_seeded() {
+        let draw = |seed| {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+            draw_stem_noise(&mut rng, SigmaDistribution::default(), StemTaskMix::default(), 64, 1, 3)
+        };
+        assert!(draw(1).tasks.iter().all(|t| *t == StemTask::Joint));
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+    }
+}

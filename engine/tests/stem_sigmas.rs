@@ -1,0 +1,204 @@
+//! Per-stem noise levels (issue 15): preconditioning per stem against a hand computation, the
+//! zero-initialised stem embedding leaving a reference-style model unchanged, the clean-given
+//! sampler keeping the given stems bit-exact (and showing them to the network clean), and the
+//! per-stem training loss: fused against composite, gradients reaching the new weights.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use msdm::config::ModelConfig;
+use msdm::denoiser::{edm_coefficients, Denoiser};
+use msdm::model_file::Model;
+use msdm::noise::SeededNoise;
+use msdm::sampler::{sample, Posterior, SamplerConfig};
+use msdm::schedule::karras;
+use msdm::train::{denoising_loss, item_losses, item_losses_composite, LossBatch, StemNoiseDraw, StemTask, TrainableNet};
+use msdm::unet::stem_embedding::stem_c_noise;
+
+fn per_stem() -> ModelConfig {
+    ModelConfig { stem_sigmas: true, ..ModelConfig::tiny() }
+}
+
+fn rand(seed: u64, shape: (usize, usize, usize), scale: f32) -> Tensor {
+    let v: Vec<f32> = SeededNoise::new(seed).standard_normal(shape.0 * shape.1 * shape.2).iter().map(|x| x * scale).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// A per-stem model whose stem embedding is not zero (as after training), so the per-stem levels
+/// change the output.
+fn trained_like() -> Model {
+    let m = Model::random(per_stem(), 5, &Device::Cpu).unwrap();
+    let mut tensors: HashMap<String, Tensor> = m.tensors().iter().cloned().collect();
+    let w = tensors["stem_sigmas.to_features.weight"].clone();
+    tensors.insert("stem_sigmas.to_features.weight".into(), rand(9, (1, w.dim(0).unwrap(), w.dim(1).unwrap()), 0.3).squeeze(0).unwrap());
+    Model::from_tensors(m.config.clone(), m.meta.clone(), tensors).unwrap()
+}
+
+#[test]
+fn per_stem_preconditioning_matches_a_hand_computation() {
+    let m = trained_like();
+    let t = m.config.length_multiple() * 2;
+    let x = rand(1, (2, 4, t), 0.4);
+    let sigmas = [0.0f32, 0.05, 0.7, 3.0];
+    let d = m.denoiser.denoise_stems(&x, &sigmas).unwrap();
+    // by hand: c_in per stem, the network at the largest σ's c_noise and the per-stem c_noise
+    let sd = m.config.diffusion_sigma_data as f32;
+    let k: Vec<_> = sigmas.iter().map(|&s| edm_coefficients(s, sd)).collect();
+    let xs = values(&x);
+    let scaled: Vec<f32> = xs.iter().enumerate().map(|(i, v)| v * k[(i / t) % 4].2).collect();
+    let c_noise = Tensor::full(edm_coefficients(3.0, sd).3, 2, &Device::Cpu).unwrap();
+    let stem: Vec<f32> = (0..2).flat_map(|_| sigmas.iter().map(|&s| stem_c_noise(s))).collect();
+    let stem = Tensor::from_vec(stem, (2, 4), &Device::Cpu).unwrap();
+    let f = m.denoiser.net.forward_stems(&Tensor::from_vec(scaled, (2, 4, t), &Device::Cpu).unwrap(), &c_noise, Some(&stem)).unwrap();
+    let fs = values(&f);
+    let ds = values(&d);
+    for i in 0..xs.len() {
+        let c = (i / t) % 4;
+        let want = (k[c].0 * xs[i] + k[c].1 * fs[i]).clamp(-1.0, 1.0);
+        assert!((ds[i] - want).abs() <= 1e-6, "element {i} (stem {c}): {} vs {want}", ds[i]);
+    }
+    // the clean stem comes back unchanged
+    assert_eq!(values(&d.narrow(1, 0, 1).unwrap()), values(&x.narrow(1, 0, 1).unwrap().clamp(-1f32, 1f32).unwrap()));
+    // the per-stem levels matter: the same largest σ with other levels gives another output
+    let other = m.denoiser.denoise_stems(&x, &[0.7, 0.05, 0.0, 3.0]).unwrap();
+    let diff = (other.narrow(1, 3, 1).unwrap() - d.narrow(1, 3, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() > 1e-4);
+    // a reference model refuses unequal levels, with a clear message
+    let reference = Model::random(ModelConfig::tiny(), 5, &Device::Cpu).unwrap();
+    let err = reference.denoiser.denoise_stems(&x, &sigmas).unwrap_err().to_string();
+    assert!(err.contains("one noise level for all stems"), "{err}");
+}
+
+#[test]
+fn a_zero_stem_embedding_leaves_the_reference_network_bit_for_bit() {
+    let reference = Model::random(ModelConfig::tiny(), 7, &Device::Cpu).unwrap();
+    // the reference weights plus a fresh (zero-initialised) stem embedding, as `train --init` does
+    let fresh = Model::random(per_stem(), 8, &Device::Cpu).unwrap();
+    let mut tensors: HashMap<String, Tensor> = reference.tensors().iter().cloned().collect();
+    let added: Vec<_> = fresh.tensors().iter().filter(|(n, _)| n.starts_with("stem_sigmas.")).cloned().collect();
+    assert_eq!(added.len(), 3);
+    assert!(added.iter().any(|(n, t)| n.ends_with("frequencies") && t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0));
+    tensors.extend(added);
+    let stems = Model::from_tensors(per_stem(), reference.meta.clone(), tensors).unwrap();
+    assert!(stems.denoiser.takes_stem_sigmas() && !reference.denoiser.takes_stem_sigmas());
+    let x = rand(2, (2, 4, reference.config.length_multiple() * 3), 0.5);
+    for sigma in [1e-3f32, 0.2, 5.0] {
+        let a = values(&reference.denoiser.denoise(&x, sigma).unwrap());
+        let b = values(&stems.denoiser.denoise(&x, sigma).unwrap());
+        assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "σ {sigma}: outputs differ");
+    }
+    // reference configs and model ids are untouched by the new fields
+    assert!(!ModelConfig::small().to_json().contains("stem_sigmas"));
+    assert!(per_stem().to_json().contains("\"stem_sigmas\":true"));
+}
+
+/// Records what the sampler hands the denoiser.
+struct Spy<'a> {
+    inner: &'a dyn Denoiser,
+    calls: RefCell<Vec<(Vec<f32>, Tensor)>>,
+}
+
+impl Denoiser for Spy<'_> {
+    fn channels(&self) -> usize {
+        self.inner.channels()
+    }
+    fn length_multiple(&self) -> usize {
+        self.inner.length_multiple()
+    }
+    fn denoise(&self, x: &Tensor, sigma: f32) -> candle_core::Result<Tensor> {
+        self.denoise_stems(x, &[sigma; 4])
+    }
+    fn takes_stem_sigmas(&self) -> bool {
+        self.inner.takes_stem_sigmas()
+    }
+    fn denoise_stems(&self, x: &Tensor, sigmas: &[f32]) -> candle_core::Result<Tensor> {
+        self.calls.borrow_mut().push((sigmas.to_vec(), x.clone()));
+        self.inner.denoise_stems(x, sigmas)
+    }
+}
+
+#[test]
+fn imputation_with_a_per_stem_model_keeps_the_given_stems_clean_and_bit_exact() {
+    let m = trained_like();
+    let t = m.config.length_multiple() * 2;
+    let source = rand(3, (1, 4, t), 0.3);
+    let mask = Tensor::from_vec(vec![0f32, 1.0, 1.0, 0.0], (1, 4, 1), &Device::Cpu).unwrap();
+    let spy = Spy { inner: &m.denoiser, calls: RefCell::new(vec![]) };
+    let config = SamplerConfig { sigmas: karras(6, 1e-3, 5.0, 7.0), churn: 1.0, resamples: 2 };
+    let mut noise = msdm::noise::ItemNoise::new(&[4]);
+    let out = sample(&spy, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &mask }, &mut noise, &mut |_, _| true).unwrap();
+    for c in [1, 2] {
+        assert_eq!(values(&out.narrow(1, c, 1).unwrap()), values(&source.narrow(1, c, 1).unwrap()), "given stem {c} changed");
+    }
+    let calls = spy.calls.borrow();
+    assert_eq!(calls.len(), config.calls());
+    for (sigmas, x) in calls.iter() {
+        assert_eq!((sigmas[1], sigmas[2]), (0.0, 0.0), "given stems must be at σ = 0: {sigmas:?}");
+        assert!(sigmas[0] > 0.0 && sigmas[0] == sigmas[3]);
+        for c in [1, 2] {
+            assert_eq!(values(&x.narrow(1, c, 1).unwrap()), values(&source.narrow(1, c, 1).unwrap()), "the network saw a noisy given stem");
+        }
+    }
+    // the generated stems were generated (not left at the source or at zero)
+    let gen = out.narrow(1, 0, 1).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(gen > 1e-3, "{gen}");
+    // a reference model keeps the reference's re-noised inpainting: its network sees noisy given stems
+    let reference = Model::random(ModelConfig::tiny(), 5, &Device::Cpu).unwrap();
+    let mut calls = 0;
+    let mut noise = msdm::noise::ItemNoise::new(&[4]);
+    let out = sample(&reference.denoiser, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &mask }, &mut noise, &mut |_, _| {
+        calls += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(calls, config.calls());
+    assert_eq!(values(&out.narrow(1, 1, 1).unwrap()), values(&source.narrow(1, 1, 1).unwrap()));
+}
+
+fn stem_batch(cfg: &ModelConfig, dtype: DType) -> LossBatch {
+    let t = 2 * cfg.length_multiple();
+    let n = 3 * 4 * t;
+    let x: Vec<f32> = SeededNoise::new(11).standard_normal(n).iter().map(|v| 0.5 * v).collect();
+    let draw = StemNoiseDraw {
+        tasks: vec![StemTask::Joint, StemTask::Conditional { given: 0b0110 }, StemTask::Independent],
+        sigmas: vec![0.3, 0.3, 0.3, 0.3, 0.8, 0.0, 0.0, 0.8, 0.02, 1.5, 0.1, 0.4],
+        noise: SeededNoise::new(12).standard_normal(n),
+    };
+    LossBatch::per_stem(x, 4, draw, dtype, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn the_per_stem_loss_is_fused_like_composed_and_trains_the_stem_embedding() {
+    let cfg = per_stem();
+    let net = TrainableNet::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    let batch = stem_batch(&cfg, DType::F32);
+    let fused: Vec<f32> = item_losses(&net.denoiser, &batch).unwrap().to_vec1().unwrap();
+    let plain: Vec<f32> = item_losses_composite(&net.denoiser, &batch).unwrap().to_vec1().unwrap();
+    for (a, p) in fused.iter().zip(&plain) {
+        assert!((a - p).abs() <= 2e-5 * p.abs().max(1e-3), "{a} vs {p}");
+    }
+    // gradients: the fused loss stage against candle's ops, for every weight
+    let g_fused = denoising_loss(&net.denoiser, &batch).unwrap().backward().unwrap();
+    let g_plain = item_losses_composite(&net.denoiser, &batch).unwrap().mean_all().unwrap().backward().unwrap();
+    for (name, v) in &net.vars {
+        let a = g_fused.get(v.as_tensor()).unwrap_or_else(|| panic!("'{name}' received no gradient"));
+        let p = g_plain.get(v.as_tensor()).unwrap();
+        let scale = p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let err = (a - p).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err <= 1e-3 * scale + 1e-7, "'{name}': gradient error {err} (scale {scale})");
+        if name == "stem_sigmas.to_features.weight" {
+            assert!(scale > 0.0, "the zero-initialised stem embedding gets no gradient");
+        }
+    }
+    // with σ = 0 the denoiser returns its (clean) input, so a given stem's error is exactly zero
+    let d = net.denoiser.denoise_sigmas(&batch.x, &batch.sigmas).unwrap();
+    for c in [1, 2] {
+        let e = (d.get(1).unwrap().get(c).unwrap() - batch.x.get(1).unwrap().get(c).unwrap().clamp(-1f32, 1f32).unwrap()).unwrap();
+        assert_eq!(e.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
