@@ -7,6 +7,10 @@
 //! the bass error again, with the same noisy bass but drums, guitar and piano taken from another
 //! window. Equal to the bass column means the bass is denoised without looking at the song.
 //!
+//! For a per-stem σ model a second table asks the same with the other stems clean (σ = 0, as its
+//! imputation sees them), for σ from 0.01 to 2: the bass error with the song's own clean stems,
+//! with another song's, and the gap between them (how much the song's stems help).
+//!
 //! `cargo run --release -p msdm --example sigma_profile -- MODEL DATA_ROOT [ITEMS]`
 //! (DATA_ROOT holds `validation/`, as made by `msdm data synth`).
 
@@ -66,6 +70,35 @@ fn main() -> Result<()> {
         let all = per_stem.iter().sum::<f32>() / power.iter().sum::<f32>().max(1e-12);
         let wrong = bass_wrong_context / power[0].max(1e-12);
         println!("| {sigma} | {:.3} | {:.3} | {:.3} | {:.3} | {all:.3} | {wrong:.3} |", rel[0], rel[1], rel[2], rel[3]);
+    }
+    if model.denoiser.takes_stem_sigmas() {
+        clean_context(&model, &x, power[0])?;
+    }
+    Ok(())
+}
+
+/// The bass denoised with the other stems clean: the song's own against another song's.
+fn clean_context(model: &Model, x: &Tensor, bass_power: f32) -> Result<()> {
+    let items = x.dim(0)?;
+    println!();
+    println!("Other stems clean (σ = 0): bass error as a share of its power, and the context gap");
+    println!("| σ | bass, the song's stems | bass, another song's stems | gap |");
+    println!("|---|---|---|---|");
+    for (i, sigma) in [0.01f32, 0.05, 0.2, 0.5, 1.0, 2.0].into_iter().enumerate() {
+        let eps = SeededNoise::new(2000 + i as u64).standard_normal(items * x.dim(2)?);
+        let eps = Tensor::from_vec(eps, (items, 1, x.dim(2)?), &Device::Cpu)?;
+        let bass = (x.narrow(1, 0, 1)? + (eps * sigma as f64)?)?;
+        let (mut own, mut other) = (0f32, 0f32);
+        for b in 0..items {
+            let target = x.narrow(0, b, 1)?.narrow(1, 0, 1)?;
+            for (context, acc) in [(b, &mut own), ((b + 1) % items, &mut other)] {
+                let input = Tensor::cat(&[&bass.narrow(0, b, 1)?, &x.narrow(0, context, 1)?.narrow(1, 1, 3)?], 1)?;
+                let d = model.denoiser.denoise_stems(&input, &[sigma, 0.0, 0.0, 0.0])?.narrow(1, 0, 1)?;
+                *acc += (d - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()? / items as f32;
+            }
+        }
+        let (own, other) = (own / bass_power.max(1e-12), other / bass_power.max(1e-12));
+        println!("| {sigma} | {own:.3} | {other:.3} | {:+.1} % |", 100.0 * (other - own) / other.max(1e-12));
     }
     Ok(())
 }

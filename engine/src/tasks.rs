@@ -309,6 +309,14 @@ mod tests {
         m
     }
 
+    /// A reference-style model and a per-stem σ one: every job works with both.
+    fn both_kinds() -> [Model; 2] {
+        let mut per_stem = Model::random(ModelConfig { stem_sigmas: true, ..ModelConfig::tiny() }, 1, &Device::Cpu).unwrap();
+        per_stem.meta.window = 1024;
+        assert!(per_stem.denoiser.net.takes_stem_sigmas());
+        [tiny_model(), per_stem]
+    }
+
     fn tone(rate: u32, frames: usize, channels: usize) -> AudioBuffer {
         let ch = (0..channels)
             .map(|c| (0..frames).map(|i| 0.3 * ((i as f32 * 0.01 * (c + 1) as f32).sin())).collect())
@@ -318,9 +326,14 @@ mod tests {
 
     #[test]
     fn separation_keeps_rate_length_channels_and_sums_to_the_mix() {
-        let m = tiny_model();
+        for m in both_kinds() {
+            separation_sums_to_the_mix(&m);
+        }
+    }
+
+    fn separation_sums_to_the_mix(m: &Model) {
         let mix = tone(44_100, 5000, 2);
-        let out = run(&m, &Job::Separate { mix: mix.clone() }, &quick(Settings::separation()), &mut |_| true).unwrap();
+        let out = run(m, &Job::Separate { mix: mix.clone() }, &quick(Settings::separation()), &mut |_| true).unwrap();
         assert_eq!(out.stems.len(), 4);
         for s in &out.stems {
             assert_eq!((s.rate, s.num_channels(), s.frames()), (44_100, 2, 5000));
@@ -350,13 +363,18 @@ mod tests {
 
     #[test]
     fn imputation_returns_given_stems_unchanged_and_generation_has_the_asked_length() {
-        let m = tiny_model();
+        for m in both_kinds() {
+            impute_and_generate(&m);
+        }
+    }
+
+    fn impute_and_generate(m: &Model) {
         let drums = tone(48_000, 6000, 2);
         let given = vec![None, Some(drums.clone()), None, None];
-        let out = run(&m, &Job::Impute { given }, &quick(Settings::imputation()), &mut |_| true).unwrap();
+        let out = run(m, &Job::Impute { given }, &quick(Settings::imputation()), &mut |_| true).unwrap();
         assert_eq!(out.stems[1], drums);
         assert_eq!((out.stems[0].rate, out.stems[0].frames(), out.stems[0].num_channels()), (48_000, 6000, 2));
-        let g = run(&m, &Job::Generate { seconds: 0.2, rate: 44_100, channels: 1 }, &quick(Settings::generation()), &mut |_| true)
+        let g = run(m, &Job::Generate { seconds: 0.2, rate: 44_100, channels: 1 }, &quick(Settings::generation()), &mut |_| true)
             .unwrap();
         assert_eq!(g.stems[0].frames(), 8820);
         assert!(g.stems.iter().all(|s| s.channels[0].iter().all(|x| x.is_finite())));

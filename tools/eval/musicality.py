@@ -18,8 +18,9 @@ Scores (higher is better; all energy-weighted over frames, so silence does not c
   drums' onset strength, the drums widened by +-2 frames (+-23 ms).
 
 Usage (the venv needs numpy and soundfile):
-  python tools/eval/musicality.py --data /work/data/evalset/test --tracks 10 \
+  python tools/eval/musicality.py --data /work/data/evalset/test --tracks 10 [--stem bass|guitar|piano] \
       [--model M.safetensors] [--msdm target/release/msdm] [--out /tmp/musicality] [-- extra impute args]
+(--stem guitar or piano imputes that stem from the other three and scores it the same way.)
 Prints a Markdown table and, as its last line, JSON.
 """
 import argparse
@@ -124,14 +125,17 @@ def main():
     ap.add_argument("--msdm", default=os.path.join(REPO, "target", "release", "msdm"))
     ap.add_argument("--out", default="/tmp/msdm-musicality")
     ap.add_argument("--seconds", type=float, default=24.0, help="score the first this many seconds of each track")
+    ap.add_argument("--stem", default="bass", choices=["bass", "guitar", "piano"],
+                    help="the stem to impute from the other three (default bass)")
     ap.add_argument("impute_args", nargs="*", help="extra `msdm impute` arguments (after --)")
     a = ap.parse_args()
 
     tracks = sorted(d for d in os.listdir(a.data) if os.path.isfile(os.path.join(a.data, d, "meta.json")))
-    tracks = [d for d in tracks if json.load(open(os.path.join(a.data, d, "meta.json")))["present"].get("bass")]
+    target = a.stem
+    tracks = [d for d in tracks if json.load(open(os.path.join(a.data, d, "meta.json")))["present"].get(target)]
     tracks = tracks[: a.tracks]
     if len(tracks) < 2:
-        raise SystemExit("need at least 2 tracks with a bass")
+        raise SystemExit(f"need at least 2 tracks with a {target}")
     rows = []
     for i, name in enumerate(tracks):
         src = os.path.join(a.data, name)
@@ -140,7 +144,7 @@ def main():
         clip = os.path.join(a.out, "given", name)
         os.makedirs(clip, exist_ok=True)
         given = []
-        for stem in ["drums", "guitar", "piano"]:
+        for stem in [s for s in ["bass", "drums", "guitar", "piano"] if s != target]:
             if not os.path.isfile(os.path.join(src, f"{stem}.wav")):  # a stem the song lacks stays silent
                 given += ["--given", f"{stem}=silence"]
                 continue
@@ -159,9 +163,9 @@ def main():
             "track": name,
             "key": meta.get("key"),
             "style": meta.get("style"),
-            "imputed": scores(mono(os.path.join(dest, "bass.wav"), n), drums, meta),
-            "true": scores(mono(os.path.join(src, "bass.wav"), n), drums, meta),
-            "other": scores(mono(os.path.join(a.data, other, "bass.wav"), n), drums, meta),
+            "imputed": scores(mono(os.path.join(dest, f"{target}.wav"), n), drums, meta),
+            "true": scores(mono(os.path.join(src, f"{target}.wav"), n), drums, meta),
+            "other": scores(mono(os.path.join(a.data, other, f"{target}.wav"), n), drums, meta),
         }
         rows.append(row)
         print(f"{name} ({row['key']}, {row['style']}): " + "; ".join(
@@ -169,12 +173,12 @@ def main():
         ) + "  (imputed / true / other)", file=sys.stderr)
 
     mean = {w: {k: float(np.nanmean([r[w][k] for r in rows])) for k in rows[0]["true"]} for w in ["imputed", "true", "other"]}
-    print("| bass line | chord tones | in key | rhythm lock |")
+    print(f"| {target} | chord tones | in key | rhythm lock |")
     print("|---|---|---|---|")
-    for w, label in [("imputed", "imputed (model)"), ("true", "the song's own bass"), ("other", "another song's bass")]:
+    for w, label in [("imputed", "imputed (model)"), ("true", f"the song's own {target}"), ("other", f"another song's {target}")]:
         m = mean[w]
         print(f"| {label} | {m['chord_tones']:.3f} | {m['in_key']:.3f} | {m['rhythm_lock']:.3f} |")
-    print(json.dumps({"tracks": len(rows), "model": a.model, "impute_args": a.impute_args, "mean": mean, "per_track": rows}))
+    print(json.dumps({"stem": target, "tracks": len(rows), "model": a.model, "impute_args": a.impute_args, "mean": mean, "per_track": rows}))
 
 
 if __name__ == "__main__":
