@@ -51,6 +51,12 @@ pub fn info(path: Option<&Path>, json: bool) -> Result<()> {
         println!("parameters   {}", model.parameter_count());
         println!("stems        {}", model.meta.stems.join(", "));
         println!("window       {} samples ({:.2} s at 22,050 Hz)", model.window(), model.window() as f64 / 22_050.0);
+        let noise = if model.config.stem_sigmas {
+            "one per stem (imputation sees the given stems clean)"
+        } else {
+            "one for all stems (the reference's; imputation re-noises the given stems)"
+        };
+        println!("noise levels {noise}");
         println!("config       {}", model.config.to_json());
         println!("info         {}", model.meta.info);
     }
