@@ -43,6 +43,7 @@ pub fn create(shared: Arc<Shared>, state: Arc<EguiEditorState>) -> Option<MsdmEd
         model_path: session.model_path.clone().unwrap_or_default(),
         shared,
         gui: None,
+        selection: None,
     };
     let settings = EguiNiceSettings { title: "MSDM Stems".into(), ..Default::default() };
     create_egui_editor(state, notifier, settings, app)
@@ -60,6 +61,8 @@ pub struct EditorApp {
     gui: Option<GuiContext>,
     export_dir: String,
     model_path: String,
+    /// A range dragged on one stem's waveform: (stem, start, end) as fractions of the take.
+    selection: Option<(usize, f32, f32)>,
 }
 
 impl NiceEguiApp for EditorApp {
@@ -256,7 +259,17 @@ impl EditorApp {
                     ui.label("none yet");
                 }
                 for (i, t) in session.takes.iter().enumerate() {
-                    let label = format!("{} · {:?} · seed {}", i + 1, t.spec.job, t.seed);
+                    let label = match &t.spec.range {
+                        Some(r) => format!(
+                            "{} · {} {:.2}–{:.2} s again · seed {}",
+                            i + 1,
+                            STEM_TITLES.get(r.stem).copied().unwrap_or("?"),
+                            r.from as f64 / t.rate.max(1) as f64,
+                            r.to as f64 / t.rate.max(1) as f64,
+                            t.seed
+                        ),
+                        None => format!("{} · {:?} · seed {}", i + 1, t.spec.job, t.seed),
+                    };
                     if ui.selectable_label(session.current == Some(i), label).clicked() {
                         shared.send(Command::SelectTake(i));
                     }
@@ -274,9 +287,12 @@ impl EditorApp {
             for k in 0..STEM_COUNT {
                 ui.horizontal(|ui| {
                     ui.label(RichText::new(format!("{:<7}", STEM_TITLES[k])).monospace().color(STEM_COLORS[k]));
-                    wave(ui, Some(&stems[k]), STEM_COLORS[k], 34.0);
+                    let shown = self.selection.filter(|s| s.0 == k).map(|s| (s.1, s.2));
+                    let (rect, response) = wave_with(ui, Some(&stems[k]), STEM_COLORS[k], 34.0, shown);
+                    self.drag_select(k, rect, &response);
                 });
             }
+            self.regenerate_row(ui, &status.phase, session.current_take());
         }
         if let Some((max, rms)) = status.residual {
             ui.label(format!("Residual of stems vs. mix: max {max:.2e} (engine), RMS {rms:.2e} (at the host rate)"));
@@ -334,18 +350,72 @@ impl EditorApp {
     }
 }
 
+impl EditorApp {
+    /// Dragging across a stem's waveform selects a range of it (a click clears the selection).
+    fn drag_select(&mut self, stem: usize, rect: egui::Rect, response: &egui::Response) {
+        let at = |r: &egui::Response| r.interact_pointer_pos().map(|p| ((p.x - rect.left()) / rect.width()).clamp(0.0, 1.0));
+        if response.drag_started() {
+            if let Some(x) = at(response) {
+                self.selection = Some((stem, x, x));
+            }
+        } else if response.dragged() {
+            if let (Some(x), Some(sel)) = (at(response), self.selection.as_mut()) {
+                if sel.0 == stem {
+                    sel.2 = x;
+                }
+            }
+        } else if response.clicked() {
+            self.selection = None;
+        }
+    }
+
+    /// The selected range and "Regenerate range".
+    fn regenerate_row(&mut self, ui: &mut egui::Ui, phase: &Phase, take: Option<&crate::session::Take>) {
+        let range = self.selection.map(|(k, a, b)| (k, a.min(b) as f64, a.max(b) as f64)).filter(|r| r.2 - r.1 > 0.002);
+        ui.horizontal(|ui| {
+            let (text, ok) = match (range, take) {
+                (Some((k, a, b)), Some(t)) => {
+                    let secs = t.len as f64 / t.rate.max(1) as f64;
+                    (format!("{} from {:.2} s to {:.2} s", STEM_TITLES[k], a * secs, b * secs), true)
+                }
+                _ => ("Drag across a stem's waveform to select a range to make again.".to_string(), false),
+            };
+            let idle = !matches!(phase, Phase::Processing { .. });
+            let button = ui
+                .add_enabled(ok && idle, egui::Button::new("Regenerate range"))
+                .on_hover_text("Make the selected part of this stem again with a new seed, as a new take; the rest is kept");
+            if button.clicked() {
+                if let Some((stem, from, to)) = range {
+                    self.shared.send(Command::Regenerate { stem, from, to });
+                }
+            }
+            ui.label(RichText::new(text).small());
+        });
+    }
+}
+
 fn secs(s: f64) -> String {
     if s >= 90.0 { format!("{:.1} min", s / 60.0) } else { format!("{s:.0} s") }
 }
 
 fn wave(ui: &mut egui::Ui, peaks: Option<&Peaks>, color: Color32, height: f32) {
+    wave_with(ui, peaks, color, height, None);
+}
+
+/// A waveform that can be dragged across; `selected` (fractions) is shaded.
+fn wave_with(ui: &mut egui::Ui, peaks: Option<&Peaks>, color: Color32, height: f32, selected: Option<(f32, f32)>) -> (egui::Rect, egui::Response) {
     let width = ui.available_width().max(100.0);
-    let (rect, _) = ui.allocate_exact_size(egui::vec2(width, height), egui::Sense::hover());
+    let (rect, response) = ui.allocate_exact_size(egui::vec2(width, height), egui::Sense::click_and_drag());
     let painter = ui.painter_at(rect);
     painter.rect_filled(rect, 2.0, Color32::from_gray(24));
+    if let Some((a, b)) = selected {
+        let x = |f: f32| rect.left() + f * rect.width();
+        let band = egui::Rect::from_x_y_ranges(x(a.min(b))..=x(a.max(b)), rect.y_range());
+        painter.rect_filled(band, 0.0, Color32::from_rgba_unmultiplied(255, 255, 255, 40));
+    }
     let Some(p) = peaks else {
         painter.text(rect.center(), egui::Align2::CENTER_CENTER, "—", egui::FontId::proportional(12.0), Color32::GRAY);
-        return;
+        return (rect, response);
     };
     let n = p.min.len().max(1);
     let peak = p.max.iter().chain(&p.min).fold(1e-6f32, |a, x| a.max(x.abs()));
@@ -358,4 +428,5 @@ fn wave(ui: &mut egui::Ui, peaks: Option<&Peaks>, color: Color32, height: f32) {
             egui::Stroke::new(1.0, color),
         );
     }
+    (rect, response)
 }

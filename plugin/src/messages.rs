@@ -108,6 +108,9 @@ pub enum Command {
     Cancel,
     /// Play take `i`.
     SelectTake(usize),
+    /// Make part of one stem of the current take again (a new take): `stem` in stem order,
+    /// `from`..`to` as fractions of the take's length.
+    Regenerate { stem: usize, from: f64, to: f64 },
     /// The host loaded a state: restore the current take from the cache.
     Restore,
     /// Write the current stems as WAVs into this folder.

@@ -13,7 +13,7 @@ use msdm::tasks::{Job, Settings};
 
 use crate::cache::{render_key, Cache};
 use crate::params::{JobKind, Quality, Role};
-use crate::session::{ClipRef, RenderSpec, Take};
+use crate::session::{ClipRef, RegenRange, RenderSpec, Take};
 
 /// A finished capture in memory: `CAPTURE_CHANNELS` planar channels at `info.rate`.
 pub struct Clip {
@@ -39,6 +39,9 @@ pub struct JobRequest {
     pub spec: RenderSpec,
     pub seed: u64,
     pub clip: Option<Arc<Clip>>,
+    /// "Regenerate range" (`spec.range`): the stems of the take it starts from (four stereo
+    /// stems of `len` samples at `rate`).
+    pub parent: Option<Arc<Vec<Vec<Vec<f32>>>>>,
     /// Where the stems go on the timeline, at `rate`.
     pub start: i64,
     pub rate: u32,
@@ -145,6 +148,9 @@ fn run_here(req: JobRequest, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) 
         name: format!("{} ({})", req.model_path.display(), model.id()),
         device: crate::models::device().ok().map(|d| msdm::device::describe(&d)),
     });
+    if let Some(range) = req.spec.range.clone() {
+        return regenerate(req, &range, model, note);
+    }
     let job = build_job(&req.spec, req.clip.as_deref(), req.rate, req.len)?;
     let settings = settings_for(&job, &model, req.spec.quality, req.seed, req.steps_override);
     let draft = settings_for(&job, &model, Quality::Draft, req.seed, None);
@@ -204,6 +210,59 @@ fn run_here(req: JobRequest, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) 
     take.residual_max = out.residual_max;
     let stems: Vec<Vec<Vec<f32>>> = out.stems.into_iter().map(|s| fit_stereo(s.channels, req.len)).collect();
     let cache_error = match &cache {
+        Some(cache) => cache.put_stems(&key, req.rate, &stems).err().map(|e| format!("{e:#}")),
+        None => Some("no cache folder".into()),
+    };
+    Ok(JobOutput { take, stems, cache_error, model })
+}
+
+/// "Regenerate range": part of one stem of the parent take made again with the model's
+/// imputation settings (at the take's quality), everything else kept sample for sample.
+fn regenerate(
+    req: JobRequest,
+    range: &RegenRange,
+    model: Arc<msdm::model_file::Model>,
+    note: &mut (dyn FnMut(RenderNote) -> bool + Send),
+) -> Result<JobOutput> {
+    let Some(parent) = req.parent.as_deref() else { bail!("no stems to regenerate from") };
+    if parent.len() != 4 || parent.iter().any(|s| s.len() != 2 || s[0].len() != req.len || s[1].len() != req.len) {
+        bail!("the take to regenerate from does not hold four stereo stems of {} samples", req.len);
+    }
+    let impute = Job::Impute { given: Vec::new() };
+    let settings = settings_for(&impute, &model, req.spec.quality, req.seed, req.steps_override);
+    let what = msdm::regenerate::Regeneration {
+        stems: vec![range.stem],
+        range: range.from..range.to,
+        crossfade: msdm::regenerate::DEFAULT_CROSSFADE_S,
+    };
+    let mut spec = req.spec.clone();
+    spec.steps = settings.steps;
+    spec.resamples = settings.resamples;
+    let key = render_key(&[&range.parent, &model.id(), &req.seed.to_string(), &serde_json::to_string(&spec)?, &format!("{}@{}", req.len, req.rate)]);
+    let mut take = Take {
+        clip: None,
+        start: req.start,
+        rate: req.rate,
+        len: req.len,
+        model_id: model.id(),
+        seed: req.seed,
+        spec,
+        stems_key: key.clone(),
+        residual_max: 0.0,
+    };
+    let stems: Vec<AudioBuffer> = parent.iter().map(|s| AudioBuffer { rate: req.rate, channels: s.clone() }).collect();
+    let mut going = true;
+    let mut progress = |p: msdm::tasks::Progress| {
+        going = note(RenderNote::Progress { done: p.done, total: p.total });
+        going
+    };
+    let out = msdm::regenerate::regenerate(&model, &stems, &what, &settings, &mut progress)?;
+    if !going {
+        bail!("render cancelled");
+    }
+    take.residual_max = out.residual_max;
+    let stems: Vec<Vec<Vec<f32>>> = out.stems.into_iter().map(|s| fit_stereo(s.channels, req.len)).collect();
+    let cache_error = match req.cache_root.clone().map(Cache::at) {
         Some(cache) => cache.put_stems(&key, req.rate, &stems).err().map(|e| format!("{e:#}")),
         None => Some("no cache folder".into()),
     };

@@ -66,6 +66,21 @@ pub struct RenderSpec {
     /// Generate: the requested length in bars and the resulting seconds.
     pub bars: u32,
     pub seconds: f64,
+    /// "Regenerate range": this take is another take with part of one stem made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<RegenRange>,
+}
+
+/// Part of one stem of a take, made again (the rest of that take is kept as it is).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RegenRange {
+    /// Cache key of the stems it started from.
+    pub parent: String,
+    /// The stem (index in bass, drums, guitar, piano).
+    pub stem: usize,
+    /// Frames at the take's rate: the first regenerated one and the first kept again.
+    pub from: usize,
+    pub to: usize,
 }
 
 /// One rendered set of stems.

@@ -3,6 +3,7 @@
 //! cache, exports. Never runs on nice-plug's shared background thread.
 
 mod export;
+mod jobs;
 mod takes;
 #[cfg(test)]
 mod tests;
@@ -13,17 +14,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
 
 use crate::assembly::Assembly;
 use crate::cache::{content_hash, Cache};
 use crate::messages::{Command, ToAudio, ToWorker};
-use crate::params::JobKind;
-use crate::render::{self, Clip, JobOutput, JobRequest, RenderNote};
-use crate::session::{ClipRef, RenderSpec, Take};
+use crate::render::{Clip, JobOutput};
+use crate::session::{ClipRef, Take};
 use crate::shared::{Phase, Shared, WorkerEnds};
 use waveforms::{peaks, PEAK_COLUMNS};
 
@@ -199,6 +199,7 @@ impl Worker {
                 }
             }
             Command::SelectTake(i) => self.select_take(i),
+            Command::Regenerate { stem, from, to } => self.start_regeneration(stem, from, to),
             Command::Restore => self.restore(),
             Command::ExportMidi(dir) => match self.export_midi(&dir) {
                 Ok(msg) => self.shared.set_message(msg),
@@ -269,125 +270,6 @@ impl Worker {
         self.shared.request_repaint();
         if render {
             self.start_render(false);
-        }
-    }
-
-    fn start_render(&mut self, new_take: bool) {
-        if let Err(e) = self.try_start_render(new_take) {
-            nice_plug::nice_warn!("msdm: cannot render: {e:#}");
-            self.shared.set_phase(Phase::Error(format!("{e:#}")));
-        }
-    }
-
-    fn try_start_render(&mut self, new_take: bool) -> Result<()> {
-        self.stop_job();
-        let p = &self.shared.params;
-        let job = p.job.value();
-        let clip = self.clip.clone();
-        let session = p.session.get();
-        let model_path = crate::models::resolve(session.model_path.as_deref())?;
-        let seed = if new_take {
-            let s = fresh_seed();
-            p.session.update(|x| x.seed = s);
-            s
-        } else {
-            session.seed
-        };
-        let bars = p.bars.value().max(1) as u32;
-        let (start, rate, len, seconds) = match (job, &clip) {
-            (JobKind::Generate, _) => {
-                let (start, rate, tempo, bpb) = match &clip {
-                    Some(c) => (c.info.start, c.info.rate, c.info.tempo, c.info.beats_per_bar),
-                    None => (0, self.host_rate, None, None),
-                };
-                if rate == 0 {
-                    anyhow::bail!("The plugin has not been activated by the host yet; start playback once, then press Process.");
-                }
-                let seconds = render::bars_to_seconds(bars, tempo.unwrap_or(120.0), bpb.unwrap_or(4.0));
-                (start, rate, (seconds * rate as f64).round() as usize, seconds)
-            }
-            (_, Some(c)) => (c.info.start, c.info.rate, c.info.len, c.info.len as f64 / c.info.rate as f64),
-            (_, None) => anyhow::bail!(
-                "Nothing captured yet: arm, play the region in the host, then stop the transport (or press Process)."
-            ),
-        };
-        let spec = RenderSpec {
-            job,
-            roles: p.roles(),
-            quality: p.quality.value(),
-            steps: 0,
-            resamples: 0,
-            bars,
-            seconds,
-        };
-        // Check the job can be built before starting a thread (clear errors right away).
-        render::build_job(&spec, clip.as_deref(), rate, len)?;
-        let id = self.next_job;
-        self.next_job += 1;
-        let req = JobRequest {
-            id,
-            model_path,
-            spec,
-            seed,
-            clip: if job == JobKind::Generate { None } else { clip },
-            start,
-            rate,
-            len,
-            cache_root: self.cache.as_ref().ok().map(|c| c.root().to_path_buf()),
-            steps_override: self.steps_override,
-        };
-        let pool = self.compute_pool()?;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let shared = Arc::clone(&self.shared);
-        let tx = self.results.0.clone();
-        let flag = Arc::clone(&cancel);
-        self.shared.set_phase(Phase::Processing { done: 0, total: 0, started: Instant::now() });
-        self.shared.set_message(format!("Rendering with seed {seed}…"));
-        let handle = std::thread::Builder::new()
-            .name("msdm-render".into())
-            .spawn(move || {
-                let started = Instant::now();
-                let mut note = |n: RenderNote| {
-                    match n {
-                        RenderNote::Model { name, device } => {
-                            let mut st = shared.status();
-                            st.model = Some(name);
-                            st.device = device.or(st.device.take());
-                        }
-                        RenderNote::Predicted(draft, fin) => shared.status().predicted = Some((draft, fin)),
-                        RenderNote::Progress { done, total } => {
-                            shared.status().phase = Phase::Processing { done, total, started };
-                            shared.request_repaint();
-                        }
-                    }
-                    !flag.load(Ordering::Acquire)
-                };
-                let r = catch_unwind(AssertUnwindSafe(|| render::run(req, &pool, &mut note)))
-                    .unwrap_or_else(|panic| Err(anyhow::anyhow!("internal error: {}", panic_text(&panic))));
-                let _ = tx.send((id, r));
-            })
-            .context("cannot start the render thread")?;
-        self.job = Some(RunningJob { id, cancel, handle });
-        Ok(())
-    }
-
-    /// The instance's compute pool, started on first use.
-    fn compute_pool(&mut self) -> Result<Arc<msdm::ops::ComputePool>> {
-        if let Some(p) = &self.pool {
-            return Ok(Arc::clone(p));
-        }
-        crate::library::pin();
-        let p = Arc::new(msdm::ops::ComputePool::new("msdm-compute", 0)?);
-        self.pool = Some(Arc::clone(&p));
-        Ok(p)
-    }
-
-    /// Cancels and joins the running render, if any (its result is ignored).
-    fn stop_job(&mut self) {
-        if let Some(job) = self.job.take() {
-            job.cancel.store(true, Ordering::Release);
-            let _ = job.handle.join();
-            while self.results.1.try_recv().is_ok() {}
         }
     }
 

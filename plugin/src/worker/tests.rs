@@ -1,6 +1,7 @@
-//! The worker on a real render: the editor's Cancel.
+//! The worker on a real render: the editor's Cancel and "Regenerate range".
 
 use super::*;
+use std::time::Instant;
 use crate::messages::{Chunk, ToAudio, CAPTURE_CHANNELS, CHUNK_FRAMES};
 use crate::params::MsdmParams;
 
@@ -18,31 +19,78 @@ fn wait_until(shared: &Shared, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The editor's Cancel stops a running render: no take, no stems, a "cancelled" message.
-#[test]
-fn cancel_stops_a_running_render() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.safetensors");
+/// A worker with a tiny model, `steps` per render, that has captured `chunks` chunks of a tone
+/// (which starts a render).
+fn captured(dir: &std::path::Path, steps: usize, chunks: usize) -> (Arc<Shared>, crate::shared::AudioLink) {
+    let model = dir.join("tiny.safetensors");
     msdm::model_file::Model::random(msdm::config::ModelConfig::tiny(), 3, &candle_core::Device::Cpu)
         .unwrap()
         .save(&model, msdm::model_file::StoreDType::F32)
         .unwrap();
     let params = Arc::new(MsdmParams::default());
     params.session.update(|s| s.model_path = Some(model.display().to_string()));
-    let options = WorkerOptions { cache_root: Some(dir.path().join("cache")), steps_override: Some(10_000) };
+    let options = WorkerOptions { cache_root: Some(dir.join("cache")), steps_override: Some(steps) };
     let (shared, link) = Shared::new(params, options.worker_main());
     shared.send(Command::Activated { rate: 48_000 });
-    let mut c = Chunk::new();
-    c.start = 0;
-    c.len = CHUNK_FRAMES;
-    c.rate = 48_000;
-    for ch in 0..CAPTURE_CHANNELS.min(2) {
-        for i in 0..CHUNK_FRAMES {
-            c.data[ch * CHUNK_FRAMES + i] = (i as f32 * 0.05).sin() * 0.3;
+    for k in 0..chunks {
+        let mut c = Chunk::new();
+        c.start = (k * CHUNK_FRAMES) as i64;
+        c.len = CHUNK_FRAMES;
+        c.rate = 48_000;
+        for ch in 0..CAPTURE_CHANNELS.min(2) {
+            for i in 0..CHUNK_FRAMES {
+                c.data[ch * CHUNK_FRAMES + i] = ((k * CHUNK_FRAMES + i) as f32 * 0.05).sin() * 0.3;
+            }
+        }
+        link.to_worker.send(ToWorker::Chunk(c)).unwrap();
+    }
+    link.to_worker.send(ToWorker::Stopped).unwrap();
+    (shared, link)
+}
+
+/// "Regenerate range" makes a new take from the current one: the chosen stem changes inside the
+/// range only, every other sample is the parent take's; both takes stay selectable.
+#[test]
+fn regenerate_range_makes_a_new_take_that_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, _link) = captured(dir.path(), 2, 8);
+    wait_until(&shared, "the first take", || shared.params.session.get().takes.len() == 1 && matches!(shared.status().phase, Phase::Ready));
+    shared.send(Command::Regenerate { stem: 0, from: 0.25, to: 0.5 });
+    wait_until(&shared, "the regenerated take", || shared.params.session.get().takes.len() == 2 && matches!(shared.status().phase, Phase::Ready));
+    let session = shared.params.session.get();
+    assert_eq!(session.current, Some(1));
+    let (parent, child) = (&session.takes[0], &session.takes[1]);
+    let range = child.spec.range.clone().expect("the new take records its range");
+    assert_eq!((range.parent.as_str(), range.stem), (parent.stems_key.as_str(), 0));
+    assert_eq!((range.from, range.to), (parent.len / 4, parent.len / 2));
+    let cache = Cache::at(dir.path().join("cache"));
+    let (_, a) = cache.get_stems(&parent.stems_key).unwrap();
+    let (_, b) = cache.get_stems(&child.stems_key).unwrap();
+    for k in 0..4 {
+        for c in 0..2 {
+            let (x, y) = (&a[k][c], &b[k][c]);
+            assert_eq!(x.len(), y.len());
+            assert_eq!(x[..range.from], y[..range.from], "stem {k}: changed before the range");
+            assert_eq!(x[range.to..], y[range.to..], "stem {k}: changed after the range");
+            let changed = (range.from..range.to).filter(|&i| x[i] != y[i]).count();
+            if k == 0 {
+                assert!(changed > (range.to - range.from) / 2, "the bass barely changed inside the range ({changed})");
+            } else {
+                assert_eq!(changed, 0, "stem {k} changed inside the range");
+            }
         }
     }
-    link.to_worker.send(ToWorker::Chunk(c)).unwrap();
-    link.to_worker.send(ToWorker::Stopped).unwrap();
+    // Back to the parent take.
+    shared.send(Command::SelectTake(0));
+    wait_until(&shared, "the parent take", || shared.params.session.get().current == Some(0));
+    shared.shutdown();
+}
+
+/// The editor's Cancel stops a running render: no take, no stems, a "cancelled" message.
+#[test]
+fn cancel_stops_a_running_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, link) = captured(dir.path(), 10_000, 1);
     wait_until(&shared, "denoiser progress", || matches!(shared.status().phase, Phase::Processing { done, .. } if done > 0));
     shared.send(Command::Cancel);
     wait_until(&shared, "the render to stop", || !matches!(shared.status().phase, Phase::Processing { .. }));
