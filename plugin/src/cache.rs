@@ -57,16 +57,16 @@ impl Cache {
         &self.root
     }
 
-    fn clip_path(&self, hash: &str) -> PathBuf {
-        self.root.join("clips").join(format!("{hash}.wav"))
+    fn clip_path(&self, hash: &str) -> Result<PathBuf> {
+        Ok(self.root.join("clips").join(format!("{}.wav", checked_name(hash)?)))
     }
 
-    fn stem_path(&self, key: &str, stem: &str) -> PathBuf {
-        self.root.join("stems").join(key).join(format!("{stem}.wav"))
+    fn stem_path(&self, key: &str, stem: &str) -> Result<PathBuf> {
+        Ok(self.root.join("stems").join(checked_name(key)?).join(format!("{stem}.wav")))
     }
 
     pub fn put_clip(&self, hash: &str, rate: u32, channels: &[Vec<f32>]) -> Result<()> {
-        let path = self.clip_path(hash);
+        let path = self.clip_path(hash)?;
         if path.is_file() {
             return Ok(());
         }
@@ -74,16 +74,16 @@ impl Cache {
     }
 
     pub fn get_clip(&self, hash: &str) -> Result<(u32, Vec<Vec<f32>>)> {
-        read_f32(&self.clip_path(hash))
+        read_f32(&self.clip_path(hash)?)
     }
 
     pub fn has_stems(&self, key: &str) -> bool {
-        crate::STEMS.iter().all(|s| self.stem_path(key, s).is_file())
+        crate::STEMS.iter().all(|s| self.stem_path(key, s).is_ok_and(|p| p.is_file()))
     }
 
     pub fn put_stems(&self, key: &str, rate: u32, stems: &[Vec<Vec<f32>>]) -> Result<()> {
         for (stem, audio) in crate::STEMS.iter().zip(stems) {
-            write_f32(&self.stem_path(key, stem), rate, audio)?;
+            write_f32(&self.stem_path(key, stem)?, rate, audio)?;
         }
         Ok(())
     }
@@ -93,11 +93,22 @@ impl Cache {
         let mut out = Vec::with_capacity(STEM_COUNT);
         let mut rate = 0;
         for stem in crate::STEMS {
-            let (r, audio) = read_f32(&self.stem_path(key, stem))?;
+            let (r, audio) = read_f32(&self.stem_path(key, stem)?)?;
             rate = r;
             out.push(audio);
         }
         Ok((rate, out))
+    }
+}
+
+/// A clip hash or render key as the cache uses it: 8 to 64 lowercase hex digits. Keys come back
+/// from saved plugin state, which a damaged or hostile project can hold; anything else (a path,
+/// `..`) would reach outside the cache folder.
+fn checked_name(name: &str) -> Result<&str> {
+    if (8..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(name)
+    } else {
+        bail!("the project names a cache entry '{}' that is not a cache key (damaged project state?)", name.escape_debug())
     }
 }
 
@@ -136,15 +147,77 @@ fn write_f32(path: &Path, rate: u32, channels: &[Vec<f32>]) -> Result<()> {
 }
 
 fn read_f32(path: &Path) -> Result<(u32, Vec<Vec<f32>>)> {
-    let mut r = hound::WavReader::open(path).with_context(|| format!("cache file {} is missing", path.display()))?;
+    let mut r = hound::WavReader::open(path).with_context(|| format!("cannot read cache file {} (missing or damaged)", path.display()))?;
     let spec = r.spec();
     if spec.sample_format != hound::SampleFormat::Float || spec.bits_per_sample != 32 {
         bail!("cache file {} is not 32-bit float; delete it", path.display());
     }
     let n = spec.channels as usize;
-    let mut channels = vec![Vec::with_capacity(r.len() as usize / n.max(1)); n];
+    if n == 0 {
+        bail!("cache file {} has no channels; delete it", path.display());
+    }
+    // The header's sample count is only a claim: reserve no more than the file can hold.
+    let on_disk = std::fs::metadata(path).map(|m| m.len() / 4).unwrap_or(0);
+    let claimed = (r.len() as u64).min(on_disk) as usize;
+    let mut channels = vec![Vec::with_capacity(claimed / n); n];
     for (i, s) in r.samples::<f32>().enumerate() {
         channels[i % n].push(s.with_context(|| format!("cache file {} is damaged", path.display()))?);
     }
     Ok((spec.sample_rate, channels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys from saved state never reach outside the cache folder.
+    #[test]
+    fn keys_that_are_not_cache_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path().join("cache"));
+        let key = render_key(&["a"]);
+        cache.put_stems(&key, 48_000, &vec![vec![vec![0.5f32; 10]; 2]; 4]).unwrap();
+        assert!(cache.has_stems(&key) && cache.get_stems(&key).is_ok());
+        for bad in ["../../etc", "/etc", "", "0123456789abcdeg", "ABCDEF0123", &"a".repeat(65), "abcd\u{0}efgh"] {
+            assert!(!cache.has_stems(bad));
+            let e = cache.get_stems(bad).unwrap_err().to_string();
+            assert!(e.contains("not a cache key"), "{bad:?}: {e}");
+            assert!(cache.get_clip(bad).is_err() && cache.put_clip(bad, 48_000, &[vec![0.0]]).is_err());
+        }
+    }
+
+    /// A cache file whose header claims far more samples than it holds is read without
+    /// reserving what the header claims (4 GiB here), and one without channels is refused.
+    #[test]
+    fn damaged_cache_files_are_bounded_by_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let wav = |channels: u16, data_len: u32, samples: usize| {
+            let mut b = Vec::new();
+            b.extend(b"RIFF");
+            b.extend(&(36 + data_len).to_le_bytes());
+            b.extend(b"WAVEfmt ");
+            b.extend(&16u32.to_le_bytes());
+            b.extend(&3u16.to_le_bytes());
+            b.extend(&channels.to_le_bytes());
+            b.extend(&48_000u32.to_le_bytes());
+            b.extend(&(48_000 * 4 * channels.max(1) as u32).to_le_bytes());
+            b.extend(&(4 * channels.max(1)).to_le_bytes());
+            b.extend(&32u16.to_le_bytes());
+            b.extend(b"data");
+            b.extend(&data_len.to_le_bytes());
+            for i in 0..samples {
+                b.extend(&(i as f32).to_le_bytes());
+            }
+            b
+        };
+        let path = dir.path().join("lying.wav");
+        std::fs::write(&path, wav(2, (u32::MAX - 64) & !7, 8)).unwrap();
+        match read_f32(&path) {
+            Ok((_, ch)) => assert!(ch.iter().all(|c| c.capacity() <= 16), "reserved {:?}", ch.iter().map(Vec::capacity).collect::<Vec<_>>()),
+            Err(e) => assert!(format!("{e:#}").contains("damaged"), "{e:#}"),
+        }
+        let path = dir.path().join("none.wav");
+        std::fs::write(&path, wav(0, 32, 8)).unwrap();
+        assert!(read_f32(&path).is_err());
+    }
 }

@@ -64,17 +64,22 @@ impl Player {
         if set.rate != rate || set.len == 0 {
             return;
         }
-        // The part of this block that overlaps the region.
-        let first = (set.start - pos).clamp(0, frames as i64) as usize;
-        let end = (set.start + set.len as i64 - pos).clamp(0, frames as i64) as usize;
+        // The part of this block that overlaps the region. In i128: the host's position and the
+        // region's start (from saved state) are any i64, and a wrapped difference here would
+        // index past the stems on the audio thread.
+        let (start, pos128) = (set.start as i128, pos as i128);
+        let first = (start - pos128).clamp(0, frames as i128) as usize;
+        let end = (start + set.len as i128 - pos128).clamp(0, frames as i128) as usize;
         if first >= end {
             return;
         }
+        // Inside first..end, t = pos + i − start lies in 0..len: the offset fits in i64.
+        let offset = (pos128 - start) as i64;
         for (k, port) in aux_out.iter_mut().enumerate().take(crate::STEM_COUNT) {
             for (c, ch) in port.as_slice().iter_mut().enumerate().take(2) {
                 let stem = &set.stems[k][c];
                 for i in first..end.min(ch.len()) {
-                    let t = (pos + i as i64 - set.start) as usize;
+                    let t = (offset + i as i64) as usize;
                     ch[i] = stem[t] * set.fade_gain(t);
                 }
             }
@@ -83,7 +88,7 @@ impl Player {
             for (c, out) in main_out.iter_mut().enumerate() {
                 let sc = c.min(1);
                 for i in first..end.min(out.len()) {
-                    let t = (pos + i as i64 - set.start) as usize;
+                    let t = (offset + i as i64) as usize;
                     let g = set.fade_gain(t);
                     let Some(gains) = gains.get(i).or(gains.last()) else { return };
                     let sum: f32 = gains.iter().zip(&set.stems).map(|(g, s)| g * s[sc][t]).sum();
@@ -124,6 +129,26 @@ mod tests {
 
     fn render(p: &Player, playing: bool, pos: i64, n: usize) -> Vec<Vec<Vec<f32>>> {
         render_with(p, playing, pos, n, None)
+    }
+
+    /// Regions and host positions at the ends of the timeline (a damaged project, a host that
+    /// reports odd positions) neither overflow nor index past the stems.
+    #[test]
+    fn extreme_positions_are_silence_or_the_right_samples() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (gtx, _grx) = crossbeam_channel::bounded(4);
+        for (start, pos) in [(i64::MAX - 30, i64::MIN), (i64::MIN, i64::MAX - 5), (i64::MAX - 30, i64::MAX - 40), (i64::MIN, i64::MIN)] {
+            let mut p = Player::default();
+            tx.send(ToAudio::Play(set(start, 50))).unwrap();
+            p.receive(&rx, &gtx);
+            let out = render(&p, true, pos, 20);
+            let offset = pos as i128 - start as i128;
+            for i in 0..20 {
+                let t = offset + i as i128;
+                let want = if (0..50).contains(&t) { (t * 10 + 2) as f32 } else { 0.0 };
+                assert_eq!(out[1][0][i], want, "start {start}, pos {pos}, sample {i}");
+            }
+        }
     }
 
     /// Stem sample t = pos + i - start, silence outside the region and when stopped.
