@@ -101,3 +101,48 @@ fn cancel_stops_a_running_render() {
     assert!(!matches!(link.from_worker.try_recv(), Ok(ToAudio::Play(_))), "stems published after cancel");
     shared.shutdown();
 }
+
+/// Saved state is untrusted: a project whose session names paths instead of cache keys, lengths
+/// the cached stems do not have, a take index past the list or extreme timeline positions
+/// restores with a warning (or plays what the cache really holds), never a panic or a huge
+/// allocation; a sound state restores its take.
+#[test]
+fn damaged_states_restore_with_a_message() {
+    use nice_plug::params::persist::PersistentField;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::at(dir.path().join("cache"));
+    let key = "0123456789abcdef0123456789abcdef";
+    cache.put_stems(key, 48_000, &(0..4).map(|k| vec![vec![0.1 * k as f32; 64]; 2]).collect::<Vec<_>>()).unwrap();
+    let sound = r#"{"clip":null,"takes":[{"clip":null,"start":0,"rate":48000,"len":64,"model_id":"x","seed":7,
+        "spec":{"job":"Separate","roles":["Generate","Given","Given","Given"],"quality":"Draft","steps":16,"resamples":1,"bars":4,"seconds":0.0013},
+        "stems_key":"0123456789abcdef0123456789abcdef","residual_max":0.0}],"current":0,"seed":7,"model_path":null,"export_dir":null}"#;
+    let restore = |json: &str| {
+        let session: crate::session::Session = serde_json::from_str(json).unwrap();
+        let params = Arc::new(MsdmParams::default());
+        params.session.set(session);
+        let options = WorkerOptions { cache_root: Some(dir.path().join("cache")), steps_override: Some(1) };
+        let (shared, link) = Shared::new(params, options.worker_main());
+        shared.send(Command::Activated { rate: 48_000 });
+        // Activation publishes "no stems" first; take it so the restored take's stems can follow.
+        let _ = link.from_worker.recv_timeout(std::time::Duration::from_secs(10));
+        shared.sync_session();
+        shared.shutdown();
+        let st = shared.status().clone();
+        (st.message, st.warning, matches!(link.from_worker.try_recv(), Ok(ToAudio::Play(_))))
+    };
+    let (message, warning, plays) = restore(sound);
+    assert_eq!((message.as_str(), warning, plays), ("Restored take 1 from the cache.", None, true));
+    for (what, from, to) in [
+        ("a path as the key", "\"stems_key\":\"0123456789abcdef0123456789abcdef\"", "\"stems_key\":\"../../../../etc/passwd\""),
+        ("a length the stems do not have", "\"len\":64", "\"len\":1152921504606846976"),
+        ("a take index past the list", "\"current\":0", "\"current\":99"),
+        ("another rate", "\"rate\":48000", "\"rate\":0"),
+    ] {
+        let (message, warning, plays) = restore(&sound.replace(from, to));
+        assert!(!plays, "{what}: stems were published");
+        assert!(message.starts_with("Restored") && (warning.is_some() || what.contains("index")), "{what}: {message:?} {warning:?}");
+    }
+    // Extreme positions: the take plays (the player handles any start).
+    let (_, warning, plays) = restore(&sound.replace("\"start\":0", "\"start\":-9223372036854775808"));
+    assert!(plays && warning.is_none());
+}
