@@ -50,6 +50,7 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
         resamples: s.resamples.unwrap_or(base.resamples),
         sigma_max: s.sigma_max.unwrap_or(base.sigma_max),
         batch: s.batch.unwrap_or(base.batch),
+        guidance: s.guidance.unwrap_or(base.guidance),
         seed: s.seed,
         mono,
         ..base

@@ -186,6 +186,9 @@ pub struct SamplingArgs {
     /// Windows per network call (separation)
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Imputation with a per-stem σ model: guidance weight on the given stems (0 = none; doubles the network calls)
+    #[arg(long)]
+    pub guidance: Option<f32>,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]

@@ -46,7 +46,18 @@ pub struct Settings {
     pub mono: bool,
     /// Windows (× channels) per network call in separation.
     pub batch: usize,
+    /// Imputation with a per-stem σ model: guidance weight on the given stems (see
+    /// [`SamplerConfig::guidance`]); 0 = none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub guidance: f32,
 }
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
+}
+
+/// Largest guidance weight accepted (the reading notes suggest 0.5–2).
+pub const MAX_GUIDANCE: f32 = 10.0;
 
 impl Settings {
     /// The released separation settings (`eval_msdm_dirac`): 150 steps, S_churn 20, 2 resamples,
@@ -63,6 +74,7 @@ impl Settings {
             seed: 0,
             mono: false,
             batch: 8,
+            guidance: 0.0,
         }
     }
 
@@ -119,6 +131,7 @@ impl Settings {
             sigmas: karras(self.steps, self.sigma_min, self.sigma_max, self.rho),
             churn: self.churn,
             resamples: self.resamples,
+            guidance: self.guidance,
         }
     }
 
@@ -144,6 +157,9 @@ impl Settings {
         }
         if !(self.churn >= 0.0 && self.churn.is_finite()) {
             bail!("churn must be finite and ≥ 0");
+        }
+        if !(0.0..=MAX_GUIDANCE).contains(&self.guidance) {
+            bail!("guidance {}: use a weight from 0 (none) to {MAX_GUIDANCE}", self.guidance);
         }
         if let Likelihood::Gaussian { gamma_coeff } = self.likelihood {
             if !(gamma_coeff >= 0.0 && gamma_coeff.is_finite()) {

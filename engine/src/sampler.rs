@@ -26,6 +26,11 @@ pub struct SamplerConfig {
     pub churn: f32,
     /// R ≥ 1 network calls per step (R − 1 corrections).
     pub resamples: usize,
+    /// Per-stem σ models, imputation only: guidance weight w on the given stems,
+    /// D = D_c + w·(D_c − D_u), where D_c sees the given stems clean and D_u sees them at the
+    /// schedule's σ_max (as if absent). 0 (the default) is plain conditioning and one network
+    /// call per step; w > 0 costs a second call and an extra noise draw per call.
+    pub guidance: f32,
 }
 
 impl SamplerConfig {
@@ -108,6 +113,12 @@ pub fn sample(
         _ => None,
     };
     let clean = clean.filter(|k| k.iter().any(|&g| g));
+    if config.guidance > 0.0 && clean.is_none() {
+        bail!(
+            "guidance works on imputation with a model that takes one noise level per stem (`msdm info` says which), \
+             with at least one stem given over the whole clip; leave --guidance out otherwise"
+        );
+    }
     let clean_mask = match &clean {
         Some(k) => Some(Tensor::from_vec(k.iter().map(|&g| if g { 1f32 } else { 0.0 }).collect::<Vec<_>>(), (1, c, 1), device)?),
         None => None,
@@ -146,7 +157,10 @@ pub fn sample(
                 Some(given) => {
                     x = keep_clean(x)?;
                     let sigmas: Vec<f32> = given.iter().map(|&g| if g { 0.0 } else { sigma_hat }).collect();
-                    let den = denoiser.denoise_stems(&x, &sigmas)?;
+                    let mut den = denoiser.denoise_stems(&x, &sigmas)?;
+                    if let (true, Some(m), Posterior::Impute { source, .. }) = (config.guidance > 0.0, &clean_mask, posterior) {
+                        den = guide(denoiser, &x, &den, source, m, &sigmas, config, noise)?;
+                    }
                     ((&x - den)? / sigma_hat as f64)?
                 }
                 None => differential(denoiser, &mut x, sigma_hat, posterior)?,
@@ -166,6 +180,28 @@ pub fn sample(
         x = (source.broadcast_mul(m)? + x.broadcast_mul(&(1.0 - m)?)?)?;
     }
     Ok(x)
+}
+
+/// D_c + w·(D_c − D_u) on the generated stems (see [`SamplerConfig::guidance`]); `den` is D_c,
+/// `clean` the given stems (`[1, C, 1]`), `sigmas` the levels D_c was called with.
+#[allow(clippy::too_many_arguments)]
+fn guide(
+    denoiser: &dyn Denoiser,
+    x: &Tensor,
+    den: &Tensor,
+    source: &Tensor,
+    clean: &Tensor,
+    sigmas: &[f32],
+    config: &SamplerConfig,
+    noise: &mut dyn NoiseSource,
+) -> Result<Tensor> {
+    let top = config.sigmas[0];
+    let absent = (source + (draw(noise, x.dims(), x.device())? * top as f64)?)?;
+    let x_u = (absent.broadcast_mul(clean)? + x.broadcast_mul(&(1.0 - clean)?)?)?;
+    let sigmas_u: Vec<f32> = sigmas.iter().map(|&s| if s == 0.0 { top } else { s }).collect();
+    let d_u = denoiser.denoise_stems(&x_u, &sigmas_u)?;
+    let guided = (den + ((den - d_u)? * config.guidance as f64)?)?;
+    Ok((den.broadcast_mul(clean)? + guided.broadcast_mul(&(1.0 - clean)?)?)?)
 }
 
 /// For each of the `c` stems, whether `mask` (`[B|1, C, T|1]`) gives it everywhere.

@@ -129,7 +129,7 @@ fn imputation_with_a_per_stem_model_keeps_the_given_stems_clean_and_bit_exact() 
     let source = rand(3, (1, 4, t), 0.3);
     let mask = Tensor::from_vec(vec![0f32, 1.0, 1.0, 0.0], (1, 4, 1), &Device::Cpu).unwrap();
     let spy = Spy { inner: &m.denoiser, calls: RefCell::new(vec![]) };
-    let config = SamplerConfig { sigmas: karras(6, 1e-3, 5.0, 7.0), churn: 1.0, resamples: 2 };
+    let config = SamplerConfig { sigmas: karras(6, 1e-3, 5.0, 7.0), churn: 1.0, resamples: 2, guidance: 0.0 };
     let mut noise = msdm::noise::ItemNoise::new(&[4]);
     let out = sample(&spy, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &mask }, &mut noise, &mut |_, _| true).unwrap();
     for c in [1, 2] {
@@ -201,4 +201,33 @@ fn the_per_stem_loss_is_fused_like_composed_and_trains_the_stem_embedding() {
         let e = (d.get(1).unwrap().get(c).unwrap() - batch.x.get(1).unwrap().get(c).unwrap().clamp(-1f32, 1f32).unwrap()).unwrap();
         assert_eq!(e.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     }
+}
+
+/// Guidance (w > 0) changes the generated stems, keeps the given ones bit-exact, calls the network
+/// twice per step; a reference model refuses it with a clear message.
+#[test]
+fn guidance_moves_the_generated_stems_only_and_needs_a_per_stem_model() {
+    let m = trained_like();
+    let t = m.config.length_multiple() * 2;
+    let source = rand(3, (1, 4, t), 0.3);
+    let mask = Tensor::from_vec(vec![0f32, 1.0, 1.0, 1.0], (1, 4, 1), &Device::Cpu).unwrap();
+    let run = |w: f32, d: &dyn Denoiser| {
+        let config = SamplerConfig { sigmas: karras(4, 1e-3, 5.0, 7.0), churn: 0.0, resamples: 1, guidance: w };
+        let mut noise = msdm::noise::ItemNoise::new(&[4]);
+        sample(d, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &mask }, &mut noise, &mut |_, _| true)
+    };
+    let spy = Spy { inner: &m.denoiser, calls: RefCell::new(vec![]) };
+    let plain = run(0.0, &m.denoiser).unwrap();
+    let guided = run(1.5, &spy).unwrap();
+    assert_eq!(spy.calls.borrow().len(), 8, "two network calls per step");
+    let top = karras(4, 1e-3, 5.0, 7.0)[0];
+    assert!(spy.calls.borrow().iter().any(|(s, _)| s[1] == top && s[0] > 0.0), "D_u sees the given stems at σ_max");
+    for c in 1..4 {
+        assert_eq!(values(&guided.narrow(1, c, 1).unwrap()), values(&source.narrow(1, c, 1).unwrap()));
+    }
+    let moved = (guided.narrow(1, 0, 1).unwrap() - plain.narrow(1, 0, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(moved.to_scalar::<f32>().unwrap() > 1e-4);
+    let reference = Model::random(ModelConfig::tiny(), 5, &Device::Cpu).unwrap();
+    let err = run(1.0, &reference.denoiser).unwrap_err().to_string();
+    assert!(err.contains("one noise level per stem"), "{err}");
 }
