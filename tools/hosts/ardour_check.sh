@@ -8,7 +8,29 @@
 # ARDOUR_PRELOAD=lib.so preloads a library into Ardour only (e.g. libasan for an ASan-built plugin:
 # tools/hosts/ardour_asan.sh).
 # Build the bundle first: cargo xtask bundle msdm-plugin --release
+#
+# Ardour 7's AVX-512F mixing routines (x86_functions_avx512f.cc, Ardour 7.3 to 8.4, fixed upstream in 8.5 by
+# commit d023ea0d77 "Fix potential memory corruption in AVX512f DSP") write up to 7 floats past the end of
+# their destination when source and destination are never both 64-byte aligned at the same time: the
+# alignment loop steps 8 or 4 frames without checking that so many are left. The export does exactly that
+# (PortExportChannel::read mixes its delay line into a 1024-float heap buffer), so on a CPU with AVX-512F
+# about one session in three corrupts the heap and aborts at the export or at close ("double free or
+# corruption (!prev)", "free(): invalid next size", "munmap_chunk(): invalid pointer", SIGSEGV), with or
+# without this plugin in the session (docs/plugin.md, "Host robustness"). So this check hands Ardour the
+# CPU's FPU flags without AVX-512F (PBD::FPU reads ARDOUR_FPU_FLAGS instead of probing the CPU), and Ardour
+# uses its AVX/FMA routines. ARDOUR_FPU_FLAGS set by the caller wins; ARDOUR_AVX512=1 leaves Ardour's own
+# choice (to see the host bug).
 set -u
+if [ -z "${ARDOUR_FPU_FLAGS:-}" ] && [ "${ARDOUR_AVX512:-0}" != 1 ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+  # PBD::FPU::Flags: FlushToZero 1, DenormalsAreZero 2, SSE 4, SSE2 8, AVX 0x10, FMA 0x40 (AVX512F 0x80 left out)
+  cpu=$(grep -m1 '^flags' /proc/cpuinfo)
+  f=0
+  grep -qw sse <<<"$cpu" && f=$((f | 0x1 | 0x4))
+  grep -qw sse2 <<<"$cpu" && f=$((f | 0x2 | 0x8))
+  grep -qw avx <<<"$cpu" && f=$((f | 0x10))
+  grep -qw fma <<<"$cpu" && f=$((f | 0x40))
+  export ARDOUR_FPU_FLAGS=$f
+fi
 runs=${1:-1}; vst=${2:-target/bundled/MSDM Stems.vst3}
 here=$(cd "$(dirname "$0")" && pwd)
 [ -d "$vst" ] || { echo "no VST3 bundle at $vst (build it with: cargo xtask bundle msdm-plugin --release)"; exit 2; }
