@@ -159,58 +159,70 @@ fn run_here(req: JobRequest, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) 
         msdm::tasks::predicted_seconds(&model, &job, &draft),
         msdm::tasks::predicted_seconds(&model, &job, &fin),
     ));
+    let clip_hash = req.clip.as_ref().map(|c| c.info.hash.clone());
+    let input = clip_hash.clone().unwrap_or_else(|| "generate".into());
+    let mut take = keyed_take(&req, &model, &settings, &input, clip_hash)?;
+    if let Some(stems) = cached(&req, &take.stems_key) {
+        return Ok(JobOutput { take, stems, cache_error: None, model });
+    }
+    let out = reporting(note, |progress| msdm::tasks::run(&model, &job, &settings, progress))?;
+    take.residual_max = out.residual_max;
+    store(&req, take, out.stems, model)
+}
+
+/// Runs `work` with a progress callback that reports to `note`; when `note` says stop, the work
+/// ends with a "render cancelled" error.
+fn reporting(
+    note: &mut (dyn FnMut(RenderNote) -> bool + Send),
+    work: impl FnOnce(&mut dyn FnMut(msdm::tasks::Progress) -> bool) -> Result<msdm::tasks::StemSet>,
+) -> Result<msdm::tasks::StemSet> {
+    let mut going = true;
+    let out = work(&mut |p| {
+        going = note(RenderNote::Progress { done: p.done, total: p.total });
+        going
+    })?;
+    if !going {
+        bail!("render cancelled");
+    }
+    Ok(out)
+}
+
+/// The take a render makes, keyed (content-addressed) by its input (the clip's hash, the parent
+/// take's key, or "generate"), the model, the seed, the settings and the length: the same key
+/// means the same stems.
+fn keyed_take(req: &JobRequest, model: &msdm::model_file::Model, settings: &Settings, input: &str, clip: Option<String>) -> Result<Take> {
     let mut spec = req.spec.clone();
     spec.steps = settings.steps;
     spec.resamples = settings.resamples;
-    let clip_hash = req.clip.as_ref().map(|c| c.info.hash.clone());
-    let spec_json = serde_json::to_string(&spec)?;
-    let key = render_key(&[
-        clip_hash.as_deref().unwrap_or("generate"),
-        &model.id(),
-        &req.seed.to_string(),
-        &spec_json,
-        &format!("{}@{}", req.len, req.rate),
-    ]);
-    let cache = req.cache_root.clone().map(Cache::at);
-    let mut take = Take {
-        clip: clip_hash,
+    let key = render_key(&[input, &model.id(), &req.seed.to_string(), &serde_json::to_string(&spec)?, &format!("{}@{}", req.len, req.rate)]);
+    Ok(Take {
+        clip,
         start: req.start,
         rate: req.rate,
         len: req.len,
         model_id: model.id(),
         seed: req.seed,
         spec,
-        stems_key: key.clone(),
+        stems_key: key,
         residual_max: 0.0,
-    };
+    })
+}
 
-    // Content-addressed: the same clip, model, seed and settings give the same stems.
-    if let Some(cache) = &cache {
-        if cache.has_stems(&key) {
-            if let Ok((rate, stems)) = cache.get_stems(&key) {
-                if rate == req.rate && stems.iter().all(|s| s.len() == 2 && s[0].len() == req.len) {
-                    return Ok(JobOutput { take, stems, cache_error: None, model });
-                }
-            }
-        }
-    }
+/// The stems under `key` if the cache holds them at the request's rate and length.
+fn cached(req: &JobRequest, key: &str) -> Option<Vec<Vec<Vec<f32>>>> {
+    let cache = Cache::at(req.cache_root.clone()?);
+    let (rate, stems) = cache.get_stems(key).ok()?;
+    (rate == req.rate && stems.iter().all(|s| s.len() == 2 && s[0].len() == req.len)).then_some(stems)
+}
 
-    let mut going = true;
-    let mut progress = |p: msdm::tasks::Progress| {
-        going = note(RenderNote::Progress { done: p.done, total: p.total });
-        going
-    };
-    let out = msdm::tasks::run(&model, &job, &settings, &mut progress)?;
-    if !going {
-        bail!("render cancelled");
+/// Fits the engine's stems to the take (stereo, its length) and caches them.
+fn store(req: &JobRequest, take: Take, stems: Vec<AudioBuffer>, model: Arc<msdm::model_file::Model>) -> Result<JobOutput> {
+    if stems.len() != 4 {
+        bail!("the engine returned {} stems instead of 4", stems.len());
     }
-    if out.stems.len() != 4 {
-        bail!("the engine returned {} stems instead of 4", out.stems.len());
-    }
-    take.residual_max = out.residual_max;
-    let stems: Vec<Vec<Vec<f32>>> = out.stems.into_iter().map(|s| fit_stereo(s.channels, req.len)).collect();
-    let cache_error = match &cache {
-        Some(cache) => cache.put_stems(&key, req.rate, &stems).err().map(|e| format!("{e:#}")),
+    let stems: Vec<Vec<Vec<f32>>> = stems.into_iter().map(|s| fit_stereo(s.channels, req.len)).collect();
+    let cache_error = match req.cache_root.clone().map(Cache::at) {
+        Some(cache) => cache.put_stems(&take.stems_key, req.rate, &stems).err().map(|e| format!("{e:#}")),
         None => Some("no cache folder".into()),
     };
     Ok(JobOutput { take, stems, cache_error, model })
@@ -235,38 +247,14 @@ fn regenerate(
         range: range.from..range.to,
         crossfade: msdm::regenerate::DEFAULT_CROSSFADE_S,
     };
-    let mut spec = req.spec.clone();
-    spec.steps = settings.steps;
-    spec.resamples = settings.resamples;
-    let key = render_key(&[&range.parent, &model.id(), &req.seed.to_string(), &serde_json::to_string(&spec)?, &format!("{}@{}", req.len, req.rate)]);
-    let mut take = Take {
-        clip: None,
-        start: req.start,
-        rate: req.rate,
-        len: req.len,
-        model_id: model.id(),
-        seed: req.seed,
-        spec,
-        stems_key: key.clone(),
-        residual_max: 0.0,
-    };
-    let stems: Vec<AudioBuffer> = parent.iter().map(|s| AudioBuffer { rate: req.rate, channels: s.clone() }).collect();
-    let mut going = true;
-    let mut progress = |p: msdm::tasks::Progress| {
-        going = note(RenderNote::Progress { done: p.done, total: p.total });
-        going
-    };
-    let out = msdm::regenerate::regenerate(&model, &stems, &what, &settings, &mut progress)?;
-    if !going {
-        bail!("render cancelled");
+    let mut take = keyed_take(&req, &model, &settings, &range.parent, None)?;
+    if let Some(stems) = cached(&req, &take.stems_key) {
+        return Ok(JobOutput { take, stems, cache_error: None, model });
     }
+    let stems: Vec<AudioBuffer> = parent.iter().map(|s| AudioBuffer { rate: req.rate, channels: s.clone() }).collect();
+    let out = reporting(note, |progress| msdm::regenerate::regenerate(&model, &stems, &what, &settings, progress))?;
     take.residual_max = out.residual_max;
-    let stems: Vec<Vec<Vec<f32>>> = out.stems.into_iter().map(|s| fit_stereo(s.channels, req.len)).collect();
-    let cache_error = match req.cache_root.clone().map(Cache::at) {
-        Some(cache) => cache.put_stems(&key, req.rate, &stems).err().map(|e| format!("{e:#}")),
-        None => Some("no cache folder".into()),
-    };
-    Ok(JobOutput { take, stems, cache_error, model })
+    store(&req, take, out.stems, model)
 }
 
 /// Exactly two channels of exactly `len` samples, subnormals flushed to zero.
