@@ -26,10 +26,6 @@ const STEM_COLORS: [Color32; STEM_COUNT] = [
     Color32::from_rgb(0xd0, 0x7c, 0xd8),
 ];
 
-pub fn default_state() -> Arc<EguiEditorState> {
-    EguiEditorState::from_size(LogicalSize::new(760.0, 720.0), 1.0)
-}
-
 pub fn create(shared: Arc<Shared>, state: Arc<EguiEditorState>) -> Option<MsdmEditor> {
     let notifier = RepaintNotifier::new();
     let n = notifier.clone();
@@ -45,7 +41,10 @@ pub fn create(shared: Arc<Shared>, state: Arc<EguiEditorState>) -> Option<MsdmEd
         gui: None,
         selection: None,
     };
-    let settings = EguiNiceSettings { title: "MSDM Stems".into(), ..Default::default() };
+    // Resizable; the size is saved with the project (crate::editor_size).
+    let (w, h) = crate::editor_size::MIN;
+    let resize_hint = ResizeHint::resizable().with_min_logical_size(LogicalSize::new(w, h));
+    let settings = EguiNiceSettings { title: "MSDM Stems".into(), resize_hint, ..Default::default() };
     create_egui_editor(state, notifier, settings, app)
 }
 

@@ -13,12 +13,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nice_plug::prelude::*;
-use nice_plug_egui::EguiEditorState;
 
 pub mod assembly;
 pub mod cache;
 pub mod capture;
 pub mod editor;
+pub mod editor_size;
 pub mod library;
 pub mod messages;
 pub mod models;
@@ -58,7 +58,6 @@ pub struct MsdmStems {
     pool_filled: bool,
     /// Per-sample stem gains of the re-mix, sized at activation (the audio thread never grows it).
     remix_gains: Vec<[f32; STEM_COUNT]>,
-    editor_state: Arc<EguiEditorState>,
 }
 
 impl Default for MsdmStems {
@@ -76,7 +75,6 @@ impl Default for MsdmStems {
             offline: false,
             pool_filled: false,
             remix_gains: Vec::new(),
-            editor_state: editor::default_state(),
         }
     }
 }
@@ -136,7 +134,7 @@ impl Plugin for MsdmStems {
     }
 
     fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
-        editor::create(Arc::clone(&self.shared), Arc::clone(&self.editor_state))
+        editor::create(Arc::clone(&self.shared), self.params.editor_size.state())
     }
 
     fn activate(

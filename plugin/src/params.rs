@@ -3,6 +3,7 @@
 use nice_plug::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::editor_size::EditorSizeCell;
 use crate::session::SessionCell;
 // The job choices live with the session they are saved in; the parameters expose them.
 pub use crate::session::{JobKind, Quality, Role};
@@ -60,6 +61,9 @@ pub struct MsdmParams {
     /// Metadata only (hashes, positions, rates, seeds, settings); audio lives in the cache.
     #[persist = "session"]
     pub session: SessionCell,
+    /// The editor's size (the host may resize it).
+    #[persist = "editor-size"]
+    pub editor_size: EditorSizeCell,
 
     #[id = "job"]
     pub job: EnumParam<JobKind>,
@@ -85,6 +89,7 @@ impl Default for MsdmParams {
     fn default() -> Self {
         Self {
             session: SessionCell::default(),
+            editor_size: EditorSizeCell::default(),
             job: EnumParam::new("Job", JobKind::Separate),
             quality: EnumParam::new("Quality", Quality::Draft),
             bars: IntParam::new("Generate length", 4, IntRange::Linear { min: 1, max: 64 })
