@@ -158,10 +158,19 @@ impl Model {
     /// Loads a model file onto `device`, one tensor at a time: the peak memory is the weights
     /// plus the largest tensor, not the whole file on top of the weights.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_unless(path, device, &|| true)
+    }
+
+    /// [`Self::load`] that stops between tensors, with an error saying "cancelled", once
+    /// `going` returns false (a large model takes seconds to load; the plugin's Cancel uses this).
+    pub fn load_unless(path: &Path, device: &Device, going: &dyn Fn() -> bool) -> Result<Self> {
         use std::os::unix::fs::FileExt;
         let file = std::fs::File::open(path).with_context(|| format!("cannot read the model file '{}'", path.display()))?;
         let len = file.metadata().with_context(|| format!("cannot read the model file '{}'", path.display()))?.len();
         let read = |offset: u64, n: usize| -> Result<Vec<u8>> {
+            if !going() {
+                bail!("{}", crate::sampler::CANCELLED);
+            }
             let mut buf = vec![0u8; n];
             file.read_exact_at(&mut buf, offset)?;
             Ok(buf)
@@ -332,6 +341,16 @@ mod tests {
         m.save(&p, StoreDType::F32).unwrap();
         let l = Model::load(&p, &Device::Cpu).unwrap();
         assert_eq!(l.id(), m.id());
+        // a load told to stop stops between tensors, saying "cancelled"
+        let reads = std::cell::Cell::new(0);
+        let err = Model::load_unless(&p, &Device::Cpu, &|| {
+            reads.set(reads.get() + 1);
+            reads.get() < 5
+        })
+        .err()
+        .expect("cancelled");
+        assert!(format!("{err:#}").contains("cancelled"), "{err:#}");
+        assert_eq!(reads.get(), 5, "it stopped at the first read after the flag");
         assert_eq!(l.config, m.config);
         assert_eq!(l.meta, m.meta);
 

@@ -49,8 +49,9 @@ pub fn resolve(user_choice: Option<&str>) -> Result<PathBuf> {
     )
 }
 
-/// The shared model for `path`, loading it if no instance holds it.
-pub fn shared(path: &Path) -> Result<Arc<Model>> {
+/// The shared model for `path`, loading it if no instance holds it; a load stops (error
+/// "cancelled") once `going` returns false.
+pub fn shared(path: &Path, going: &dyn Fn() -> bool) -> Result<Arc<Model>> {
     let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
     models.retain(|(_, w)| w.strong_count() > 0);
     if let Some(m) = models.iter().find(|(p, _)| p == path).and_then(|(_, w)| w.upgrade()) {
@@ -58,7 +59,7 @@ pub fn shared(path: &Path) -> Result<Arc<Model>> {
     }
     let device = device()?;
     let model = Arc::new(
-        Model::load(path, &device).with_context(|| format!("cannot load the model {}", path.display()))?,
+        Model::load_unless(path, &device, going).with_context(|| format!("cannot load the model {}", path.display()))?,
     );
     models.push((path.to_path_buf(), Arc::downgrade(&model)));
     Ok(model)

@@ -4,6 +4,7 @@
 //! of the plugin's shared state.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -49,6 +50,8 @@ pub struct JobRequest {
     pub cache_root: Option<PathBuf>,
     /// Diffusion steps instead of the quality's (tests and benchmarks; see `WorkerOptions`).
     pub steps_override: Option<usize>,
+    /// Set by Cancel: also stops a model load between tensors.
+    pub cancel: Arc<AtomicBool>,
 }
 
 pub struct JobOutput {
@@ -143,7 +146,8 @@ pub fn run(req: JobRequest, pool: &ComputePool, note: &mut (dyn FnMut(RenderNote
 }
 
 fn run_here(req: JobRequest, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) -> Result<JobOutput> {
-    let model = crate::models::shared(&req.model_path)?;
+    let cancel = Arc::clone(&req.cancel);
+    let model = crate::models::shared(&req.model_path, &|| !cancel.load(Ordering::Acquire))?;
     note(RenderNote::Model {
         name: format!("{} ({})", req.model_path.display(), model.id()),
         device: crate::models::device().ok().map(|d| msdm::device::describe(&d)),

@@ -4,7 +4,7 @@
 //! worker's results channel.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,6 +71,7 @@ impl Worker {
             len,
             cache_root: self.cache.as_ref().ok().map(|c| c.root().to_path_buf()),
             steps_override: self.steps_override,
+            cancel: Arc::default(),
         };
         self.spawn(req)
     }
@@ -113,6 +114,7 @@ impl Worker {
             len: take.len,
             cache_root: self.cache.as_ref().ok().map(|c| c.root().to_path_buf()),
             steps_override: self.steps_override,
+            cancel: Arc::default(),
         };
         self.spawn(req)
     }
@@ -125,7 +127,7 @@ impl Worker {
         req.id = id;
         let seed = req.seed;
         let pool = self.compute_pool()?;
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = Arc::clone(&req.cancel);
         let shared = Arc::clone(&self.shared);
         let tx = self.results.0.clone();
         let flag = Arc::clone(&cancel);
