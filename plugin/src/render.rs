@@ -60,6 +60,8 @@ pub struct JobOutput {
     pub stems: Vec<Vec<Vec<f32>>>,
     /// A cache write failed (the stems still play, but will not survive a reload).
     pub cache_error: Option<String>,
+    /// The stems came from the cache (nothing was rendered).
+    pub from_cache: bool,
     /// The model, kept alive by the worker so the next render does not load it again.
     pub model: Arc<msdm::model_file::Model>,
 }
@@ -167,7 +169,7 @@ fn run_here(req: JobRequest, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) 
     let input = clip_hash.clone().unwrap_or_else(|| "generate".into());
     let mut take = keyed_take(&req, &model, &settings, &input, clip_hash)?;
     if let Some(stems) = cached(&req, &take.stems_key) {
-        return Ok(JobOutput { take, stems, cache_error: None, model });
+        return Ok(JobOutput { take, stems, cache_error: None, from_cache: true, model });
     }
     let out = reporting(note, |progress| msdm::tasks::run(&model, &job, &settings, progress))?;
     take.residual_max = out.residual_max;
@@ -229,7 +231,7 @@ fn store(req: &JobRequest, take: Take, stems: Vec<AudioBuffer>, model: Arc<msdm:
         Some(cache) => cache.put_stems(&take.stems_key, req.rate, &stems).err().map(|e| format!("{e:#}")),
         None => Some("no cache folder".into()),
     };
-    Ok(JobOutput { take, stems, cache_error, model })
+    Ok(JobOutput { take, stems, cache_error, from_cache: false, model })
 }
 
 /// "Regenerate range": part of one stem of the parent take made again with the model's
@@ -253,7 +255,7 @@ fn regenerate(
     };
     let mut take = keyed_take(&req, &model, &settings, &range.parent, None)?;
     if let Some(stems) = cached(&req, &take.stems_key) {
-        return Ok(JobOutput { take, stems, cache_error: None, model });
+        return Ok(JobOutput { take, stems, cache_error: None, from_cache: true, model });
     }
     let stems: Vec<AudioBuffer> = parent.iter().map(|s| AudioBuffer { rate: req.rate, channels: s.clone() }).collect();
     let out = reporting(note, |progress| msdm::regenerate::regenerate(&model, &stems, &what, &settings, progress))?;

@@ -157,7 +157,7 @@ impl Worker {
                 let _ = tx.send((id, r));
             })
             .context("cannot start the render thread")?;
-        self.job = Some(RunningJob { id, cancel, handle });
+        self.job = Some(RunningJob { id, cancel, handle, started: Instant::now() });
         Ok(())
     }
 

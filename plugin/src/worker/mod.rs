@@ -34,6 +34,7 @@ struct RunningJob {
     id: u64,
     cancel: Arc<AtomicBool>,
     handle: JoinHandle<()>,
+    started: std::time::Instant,
 }
 
 /// Stems of the take that plays, at the rate they were rendered at.
@@ -283,6 +284,7 @@ impl Worker {
             Some(j) if j.id == id => {}
             _ => return, // stale
         }
+        let elapsed = self.job.as_ref().map(|j| j.started.elapsed().as_secs_f64());
         if let Some(job) = self.job.take() {
             let _ = job.handle.join();
         }
@@ -304,13 +306,22 @@ impl Worker {
                     i
                 });
                 let take = out.take.clone();
+                // The editor's prediction against the real time (docs/plugin.md reports both).
+                let predicted = self.shared.status().predicted.map(|(d, f)| if take.spec.quality == crate::params::Quality::Draft { d } else { f });
+                let timing = match (out.from_cache, elapsed, predicted) {
+                    (true, _, _) => " from the cache".to_string(),
+                    (false, Some(e), Some(p)) if p.is_finite() => format!(" in {e:.1} s (predicted {p:.1} s)"),
+                    (false, Some(e), _) => format!(" in {e:.1} s"),
+                    _ => String::new(),
+                };
+                nice_plug::nice_log!("msdm: take ready{timing}");
                 self.model = Some(out.model);
                 self.rendered = Some(Rendered { take: out.take, stems: out.stems });
                 self.after_stems_changed();
                 let mut st = self.shared.status();
                 st.phase = Phase::Ready;
                 st.warning = out.cache_error.map(|e| format!("Stems could not be cached ({e}); they will not survive a reload."));
-                st.message = format!("Take {} ready (seed {}).", index + 1, take.seed);
+                st.message = format!("Take {} ready (seed {}){timing}.", index + 1, take.seed);
                 drop(st);
                 self.shared.request_repaint();
             }
