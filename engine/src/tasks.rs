@@ -12,6 +12,8 @@
 //!   resampling error) is handed to the stems by [`crate::audio::distribute_residual`], so the
 //!   written stems sum to the input at every sample.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -80,20 +82,44 @@ fn plan_calls(model: &Model, job: &Job, settings: &Settings) -> (usize, usize) {
     }
 }
 
-/// A render-time estimate in seconds: planned calls × the measured time of one sampler step at
-/// the job's batch size (network call, noise and update; measured once per model, batch size
-/// and likelihood, then cached).
+/// A render-time estimate in seconds: planned calls × the time of one sampler step at the job's
+/// batch size: measured once per model, batch size and likelihood (then cached), or taken from
+/// the last real run ([`record_seconds`]), which includes everything around the network calls.
 pub fn predicted_seconds(model: &Model, job: &Job, settings: &Settings) -> f64 {
     let (calls, items) = plan_calls(model, job, settings);
     calls as f64 * seconds_per_call(model, items, settings).unwrap_or(f64::NAN)
 }
 
+/// [`predicted_seconds`] if this kind of call has been timed already (never runs the network).
+pub fn known_seconds(model: &Model, job: &Job, settings: &Settings) -> Option<f64> {
+    let (calls, items) = plan_calls(model, job, settings);
+    let per_call = CALL_SECONDS.lock().ok()?.as_ref()?.get(&call_key(model, items, settings)).copied()?;
+    Some(calls as f64 * per_call)
+}
+
+/// Records that running `job` with `settings` took `seconds` in all, so the next prediction for
+/// such calls is the real time per call (resampling, windowing and the likelihood included).
+pub fn record_seconds(model: &Model, job: &Job, settings: &Settings, seconds: f64) {
+    let (calls, items) = plan_calls(model, job, settings);
+    if calls == 0 || !(seconds.is_finite() && seconds > 0.0) {
+        return;
+    }
+    if let Ok(mut c) = CALL_SECONDS.lock() {
+        c.get_or_insert_with(HashMap::new).insert(call_key(model, items, settings), seconds / calls as f64);
+    }
+}
+
+/// Seconds per sampler step by (model id, batch items, churn on).
+type CallKey = (String, usize, bool);
+static CALL_SECONDS: Mutex<Option<HashMap<CallKey, f64>>> = Mutex::new(None);
+
+fn call_key(model: &Model, items: usize, settings: &Settings) -> CallKey {
+    (model.id(), items, settings.churn > 0.0)
+}
+
 fn seconds_per_call(model: &Model, items: usize, settings: &Settings) -> Result<f64> {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<(String, usize, bool), f64>>> = Mutex::new(None);
-    let key = (model.id(), items, settings.churn > 0.0);
-    if let Some(s) = CACHE.lock().ok().and_then(|c| c.as_ref().and_then(|m| m.get(&key).copied())) {
+    let key = call_key(model, items, settings);
+    if let Some(s) = CALL_SECONDS.lock().ok().and_then(|c| c.as_ref().and_then(|m| m.get(&key).copied())) {
         return Ok(s);
     }
     let y = Tensor::zeros((items, 1, model.window()), candle_core::DType::F32, model.device())?;
@@ -107,7 +133,7 @@ fn seconds_per_call(model: &Model, items: usize, settings: &Settings) -> Result<
     run(3)?;
     model.device().synchronize()?; // GPU work is queued: wait for it
     let s = t.elapsed().as_secs_f64() / 3.0;
-    if let Ok(mut c) = CACHE.lock() {
+    if let Ok(mut c) = CALL_SECONDS.lock() {
         c.get_or_insert_with(HashMap::new).insert(key, s);
     }
     Ok(s)

@@ -62,6 +62,8 @@ pub struct JobOutput {
     pub cache_error: Option<String>,
     /// The stems came from the cache (nothing was rendered).
     pub from_cache: bool,
+    /// The render time predicted before it started (from earlier renders of its kind).
+    pub predicted: Option<f64>,
     /// The model, kept alive by the worker so the next render does not load it again.
     pub model: Arc<msdm::model_file::Model>,
 }
@@ -161,19 +163,27 @@ fn run_here(req: JobRequest, note: &mut (dyn FnMut(RenderNote) -> bool + Send)) 
     let settings = settings_for(&job, &model, req.spec.quality, req.seed, req.steps_override);
     let draft = settings_for(&job, &model, Quality::Draft, req.seed, None);
     let fin = settings_for(&job, &model, Quality::Final, req.seed, None);
-    note(RenderNote::Predicted(
-        msdm::tasks::predicted_seconds(&model, &job, &draft),
-        msdm::tasks::predicted_seconds(&model, &job, &fin),
-    ));
+    // Predictions come from earlier renders of this kind (no timing run of the network first,
+    // which would add its own calls to this render); the first render shows its progress only.
+    let predict = |note: &mut dyn FnMut(RenderNote) -> bool| {
+        if let (Some(d), Some(f)) = (msdm::tasks::known_seconds(&model, &job, &draft), msdm::tasks::known_seconds(&model, &job, &fin)) {
+            note(RenderNote::Predicted(d, f));
+        }
+    };
+    predict(note);
     let clip_hash = req.clip.as_ref().map(|c| c.info.hash.clone());
     let input = clip_hash.clone().unwrap_or_else(|| "generate".into());
     let mut take = keyed_take(&req, &model, &settings, &input, clip_hash)?;
     if let Some(stems) = cached(&req, &take.stems_key) {
-        return Ok(JobOutput { take, stems, cache_error: None, from_cache: true, model });
+        return Ok(JobOutput { take, stems, cache_error: None, from_cache: true, predicted: None, model });
     }
+    let predicted = msdm::tasks::known_seconds(&model, &job, &settings);
+    let started = std::time::Instant::now();
     let out = reporting(note, |progress| msdm::tasks::run(&model, &job, &settings, progress))?;
+    msdm::tasks::record_seconds(&model, &job, &settings, started.elapsed().as_secs_f64());
+    predict(note);
     take.residual_max = out.residual_max;
-    store(&req, take, out.stems, model)
+    Ok(JobOutput { predicted, ..store(&req, take, out.stems, model)? })
 }
 
 /// Runs `work` with a progress callback that reports to `note`; when `note` says stop, the work
@@ -231,7 +241,7 @@ fn store(req: &JobRequest, take: Take, stems: Vec<AudioBuffer>, model: Arc<msdm:
         Some(cache) => cache.put_stems(&take.stems_key, req.rate, &stems).err().map(|e| format!("{e:#}")),
         None => Some("no cache folder".into()),
     };
-    Ok(JobOutput { take, stems, cache_error, from_cache: false, model })
+    Ok(JobOutput { take, stems, cache_error, from_cache: false, predicted: None, model })
 }
 
 /// "Regenerate range": part of one stem of the parent take made again with the model's
@@ -255,7 +265,7 @@ fn regenerate(
     };
     let mut take = keyed_take(&req, &model, &settings, &range.parent, None)?;
     if let Some(stems) = cached(&req, &take.stems_key) {
-        return Ok(JobOutput { take, stems, cache_error: None, from_cache: true, model });
+        return Ok(JobOutput { take, stems, cache_error: None, from_cache: true, predicted: None, model });
     }
     let stems: Vec<AudioBuffer> = parent.iter().map(|s| AudioBuffer { rate: req.rate, channels: s.clone() }).collect();
     let out = reporting(note, |progress| msdm::regenerate::regenerate(&model, &stems, &what, &settings, progress))?;

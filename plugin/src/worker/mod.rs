@@ -307,8 +307,7 @@ impl Worker {
                 });
                 let take = out.take.clone();
                 // The editor's prediction against the real time (docs/plugin.md reports both).
-                let predicted = self.shared.status().predicted.map(|(d, f)| if take.spec.quality == crate::params::Quality::Draft { d } else { f });
-                let timing = match (out.from_cache, elapsed, predicted) {
+                let timing = match (out.from_cache, elapsed, out.predicted) {
                     (true, _, _) => " from the cache".to_string(),
                     (false, Some(e), Some(p)) if p.is_finite() => format!(" in {e:.1} s (predicted {p:.1} s)"),
                     (false, Some(e), _) => format!(" in {e:.1} s"),
