@@ -162,6 +162,19 @@ fn state(lib: &std::path::Path) -> Result<()> {
     ensure!(saved.len() < 64 * 1024, "state holds more than metadata ({} bytes)", saved.len());
     drop(p1);
 
+    // The editor's size goes with the state: a size in a loaded state is what the next save holds.
+    let text = String::from_utf8_lossy(&saved).to_string();
+    ensure!(text.contains("editor-size") && text.matches("760.0").count() == 1, "the state holds no editor size: {text}");
+    // byte-level: the state may carry binary framing around its JSON
+    let at = saved.windows(5).position(|w| w == b"760.0").context("no width in the state")?;
+    let mut resized = saved.clone();
+    resized[at..at + 5].copy_from_slice(b"900.0");
+    let mut sized = Plugin::load(lib)?;
+    sized.load_state(&resized)?;
+    let again = String::from_utf8_lossy(&sized.save_state()?).to_string();
+    ensure!(again.contains("900.0") && !again.contains("760.0"), "the loaded editor size was not kept: {again}");
+    drop(sized);
+
     // A fresh instance restores the stems from the cache; it must not re-capture.
     let mut p2 = Plugin::load(lib)?;
     p2.load_state(&saved)?;
