@@ -98,10 +98,7 @@ pub fn job_options(out: &OutputArgs) -> Result<Option<TranscribeOptions>> {
 
 /// The index of the bass stem, which `--midi` transcribes.
 pub fn bass_index(stems: &[String]) -> Result<usize> {
-    match stems.iter().position(|s| s == "bass") {
-        Some(i) => Ok(i),
-        None => bail!("--midi transcribes the bass stem, and this model has none (its stems: {})", stems.join(", ")),
-    }
+    msdm::stem_index(stems, "bass").context("--midi transcribes the bass stem, and this model has none")
 }
 
 /// Writes `dir/bass.mid` from a take's bass stem.

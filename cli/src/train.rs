@@ -82,10 +82,7 @@ const DEFAULT_SEED: u64 = 12345;
 const DEFAULT_EMA_DECAY: f64 = 0.999;
 
 fn stem_index(name: &str) -> Result<usize> {
-    msdm::STEMS
-        .iter()
-        .position(|s| *s == name)
-        .with_context(|| format!("unknown stem '{name}': use one of {}", msdm::STEMS.join(", ")))
+    msdm::stem_index(&msdm::STEMS, name).context("--stem")
 }
 
 /// The settings of a new run from the arguments.

@@ -25,10 +25,7 @@ pub fn parse_given(given: &[String], stems: &[String]) -> Result<Vec<Option<Give
     for g in given {
         let (name, file) =
             g.split_once('=').with_context(|| format!("--given '{g}': expected NAME=FILE, e.g. --given drums=drums.wav"))?;
-        let i = stems
-            .iter()
-            .position(|s| s == name)
-            .with_context(|| format!("--given '{g}': '{name}' is not one of the model's stems ({})", stems.join(", ")))?;
+        let i = crate::stem_index(stems, name).with_context(|| format!("--given '{g}'"))?;
         if out[i].is_some() {
             bail!("--given: stem '{name}' is given twice");
         }
@@ -48,9 +45,7 @@ pub fn constrained_index(stems: &[String], name: &str) -> Result<usize> {
     match name.parse::<usize>() {
         Ok(i) if i < stems.len() => Ok(i),
         Ok(i) => bail!("--constrained-source {i}: the model has stems 0..{}", stems.len().saturating_sub(1)),
-        Err(_) => stems.iter().position(|s| s == name).with_context(|| {
-            format!("--constrained-source '{name}' is not one of the model's stems ({})", stems.join(", "))
-        }),
+        Err(_) => crate::stem_index(stems, name).context("--constrained-source"),
     }
 }
 

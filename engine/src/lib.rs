@@ -32,6 +32,15 @@ pub mod train;
 
 /// The four stems, in the model's channel order.
 pub const STEMS: [&str; 4] = ["bass", "drums", "guitar", "piano"];
+
+/// The index of stem `name` among `stems` (a model's stem names in channel order); the error
+/// names the stems there are. Every lookup of a stem by name goes through here.
+pub fn stem_index<S: AsRef<str>>(stems: &[S], name: &str) -> anyhow::Result<usize> {
+    stems.iter().position(|s| s.as_ref() == name).ok_or_else(|| {
+        let names: Vec<&str> = stems.iter().map(AsRef::as_ref).collect();
+        anyhow::anyhow!("'{name}' is not one of the model's stems ({})", names.join(", "))
+    })
+}
 /// The model's sample rate.
 pub const MODEL_RATE: u32 = 22_050;
 pub mod tasks;

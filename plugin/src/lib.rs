@@ -36,13 +36,13 @@ use playback::Player;
 use shared::{AudioLink, Shared};
 
 pub const STEM_COUNT: usize = 4;
-/// Stem names in the model's order.
-pub const STEMS: [&str; STEM_COUNT] = ["bass", "drums", "guitar", "piano"];
+/// The engine's stems (the plugin's ports follow them).
+pub const STEMS: [&str; STEM_COUNT] = msdm::STEMS;
 /// Port names (aux outputs, and the sidechain inputs for Impute).
 pub const STEM_TITLES: [&str; STEM_COUNT] = ["Bass", "Drums", "Guitar", "Piano"];
 
 pub fn stem_title(stem: &str) -> &'static str {
-    STEMS.iter().position(|s| *s == stem).map_or("Stem", |k| STEM_TITLES[k])
+    msdm::stem_index(&STEMS, stem).map_or("Stem", |k| STEM_TITLES[k])
 }
 
 const STEREO: NonZeroU32 = new_nonzero_u32(2);

@@ -52,9 +52,7 @@ pub fn stem_indices(model_stems: &[String], names: &[String]) -> Result<Vec<usiz
     }
     let mut out = Vec::new();
     for name in names {
-        let Some(i) = model_stems.iter().position(|s| s == name) else {
-            bail!("'{name}' is not one of the model's stems ({})", model_stems.join(", "));
-        };
+        let i = crate::stem_index(model_stems, name)?;
         if !out.contains(&i) {
             out.push(i);
         }
