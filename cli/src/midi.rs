@@ -98,7 +98,7 @@ pub fn job_options(out: &OutputArgs) -> Result<Option<TranscribeOptions>> {
 
 /// The index of the bass stem, which `--midi` transcribes.
 pub fn bass_index(stems: &[String]) -> Result<usize> {
-    msdm::stem_index(stems, "bass").context("--midi transcribes the bass stem, and this model has none")
+    msdm::stem_index(stems, "bass").map_err(|_| anyhow::anyhow!("--midi transcribes the bass stem, and this model has none (its stems: {})", stems.join(", ")))
 }
 
 /// Writes `dir/bass.mid` from a take's bass stem.

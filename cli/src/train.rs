@@ -82,7 +82,7 @@ const DEFAULT_SEED: u64 = 12345;
 const DEFAULT_EMA_DECAY: f64 = 0.999;
 
 fn stem_index(name: &str) -> Result<usize> {
-    msdm::stem_index(&msdm::STEMS, name).context("--stem")
+    msdm::stem_index(&msdm::STEMS, name).map_err(|e| anyhow::anyhow!("--stem {e}"))
 }
 
 /// The settings of a new run from the arguments.

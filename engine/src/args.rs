@@ -25,7 +25,7 @@ pub fn parse_given(given: &[String], stems: &[String]) -> Result<Vec<Option<Give
     for g in given {
         let (name, file) =
             g.split_once('=').with_context(|| format!("--given '{g}': expected NAME=FILE, e.g. --given drums=drums.wav"))?;
-        let i = crate::stem_index(stems, name).with_context(|| format!("--given '{g}'"))?;
+        let i = crate::stem_index(stems, name).map_err(|e| anyhow::anyhow!("--given '{g}': {e}"))?;
         if out[i].is_some() {
             bail!("--given: stem '{name}' is given twice");
         }
@@ -45,7 +45,7 @@ pub fn constrained_index(stems: &[String], name: &str) -> Result<usize> {
     match name.parse::<usize>() {
         Ok(i) if i < stems.len() => Ok(i),
         Ok(i) => bail!("--constrained-source {i}: the model has stems 0..{}", stems.len().saturating_sub(1)),
-        Err(_) => crate::stem_index(stems, name).context("--constrained-source"),
+        Err(_) => crate::stem_index(stems, name).map_err(|e| anyhow::anyhow!("--constrained-source {e}")),
     }
 }
 
