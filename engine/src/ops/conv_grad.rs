@@ -1,11 +1,16 @@
 //! The [`Path::CpuGrad`] forms of the convolutions ([`super::Conv1d`], [`super::ConvTranspose1d`]):
-//! each one custom op over (input, weight, bias) whose forward is the inference kernel (one gemm
-//! per tap reading the shifted input in place) and whose backward is gemms per tap too:
+//! each one custom op over (input, weight, bias) computed as gemms per weight tap over runs of
+//! (output, input) positions, reading the shifted input in place (the inference kernels' method):
+//! - forward: `W[tap] · x` added into the output positions of the run;
 //! - input gradient: `Wⱼᵀ · g` added straight into the shifted input positions (no columns
 //!   buffer, no col2im);
 //! - weight gradient: `g · xⱼᵀ` per tap and batch item, accumulated in one buffer (no `[B, ·, ·]`
 //!   weight gradient summed over the batch afterwards);
 //! - bias gradient: row sums.
+//!
+//! Batch items run in parallel, each product on one thread (`gemm_acc_serial`): with batch 4 on
+//! 2 threads the work splits evenly with no fork/join inside the gemms, and gemm's serial
+//! packing of one operand no longer holds up the other thread.
 //!
 //! The gemm form these replace in training (columns → batched matmul → bias, three graph nodes)
 //! kept a `C_in·k`-times-larger columns tensor alive for the backward and gave candle three
@@ -18,9 +23,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{conv1d, ConvShape};
-use super::conv_transpose::conv_transpose1d;
-use super::cpu::{gemm_acc, storage_f32, with_f32};
+use super::cpu::{filled_rows, gemm_acc_serial, storage_f32, with_f32};
 
 /// Which convolution the op computes; the shapes come from the inputs.
 #[derive(Clone, Copy, Debug)]
@@ -76,25 +79,24 @@ impl Op {
     fn forward(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
         let xs = storage_f32(x.0, x.1, "conv")?;
         let ws = storage_f32(w.0, w.1, "conv")?;
-        let (batch, c_in, len, c_out, kernel, l_out) = self.dims(x.1.dims(), w.1.dims())?;
+        let (batch, c_in, len, c_out, k, l_out) = self.dims(x.1.dims(), w.1.dims())?;
         let bs = bias.map(|(s, l)| storage_f32(s, l, "conv")).transpose()?;
         if bs.is_some_and(|b| b.len() != c_out) {
             candle_core::bail!("conv: bias does not have {c_out} values");
         }
-        let y = match self.0 {
-            Kind::Conv { stride, padding } => conv1d(xs, ws, bs, ConvShape { batch, c_in, len, c_out, kernel, stride, padding }),
-            Kind::Transpose { factor } => {
-                let zeros;
-                let bias = match bs {
-                    Some(b) => b,
-                    None => {
-                        zeros = vec![0f32; c_out];
-                        &zeros
-                    }
-                };
-                conv_transpose1d(xs, ws, bias, batch, c_in, len, c_out, factor)
+        let taps = self.taps(len, k, l_out);
+        let (w_ci, w_co) = self.weight_strides(c_in, c_out, k);
+        let mut y = filled_rows(batch * c_out, l_out, |r| bs.map_or(0.0, |b| b[r % c_out]));
+        y.par_chunks_mut(c_out * l_out).zip(xs.par_chunks(c_in * len)).for_each(|(yb, xb)| {
+            for t in &taps {
+                // y[co, o0 + n·ostep] += Σ_ci W[tap](co, ci) · x[ci, i0 + n·istep]
+                // SAFETY: `taps` keeps every run inside 0..len and 0..l_out; the weight offsets
+                // follow `weight_strides`; `yb`, `xb` hold one batch item each.
+                unsafe {
+                    gemm_acc_serial(c_out, t.n, c_in, yb.as_mut_ptr().add(t.o0), l_out as isize, t.ostep as isize, ws.as_ptr().add(t.j), w_co, w_ci, xb.as_ptr().add(t.i0), len as isize, t.istep as isize);
+                }
             }
-        };
+        });
         Ok((CpuStorage::F32(y), Shape::from((batch, c_out, l_out))))
     }
 
@@ -118,51 +120,59 @@ impl Op {
         Ok((gx, Tensor::from_vec(gw, w.dims(), &Device::Cpu)?, gb))
     }
 
-    /// The input gradient: per batch item and tap run, one gemm adding `W[tap]ᵀ · g` into the
-    /// input positions that run read.
+    /// The input gradient: per batch item (in parallel) and tap run, one gemm adding
+    /// `W[tap]ᵀ · g` into the input positions that run read.
     #[allow(clippy::too_many_arguments)]
     fn input_grad(&self, w: &[f32], g: &[f32], batch: usize, c_in: usize, len: usize, c_out: usize, k: usize, l_out: usize) -> Vec<f32> {
+        let taps = self.taps(len, k, l_out);
+        let (w_ci, w_co) = self.weight_strides(c_in, c_out, k);
         let mut gx = vec![0f32; batch * c_in * len];
-        for b in 0..batch {
-            let gb = g[b * c_out * l_out..].as_ptr();
-            let xb = gx[b * c_in * len..].as_mut_ptr();
-            for t in self.taps(len, k, l_out) {
-                // gx[ci, i0 + n·istep] += Σ_co W[tap](ci, co) · g[co, o0 + n·ostep]
-                // SAFETY: `taps` keeps every run inside 0..len and 0..l_out; weight offsets as
-                // in `weight_strides`.
+        gx.par_chunks_mut(c_in * len).zip(g.par_chunks(c_out * l_out)).for_each(|(xb, gb)| {
+            for t in &taps {
+                // gx[ci, i0 + n·istep] += Σ_co W[tap](co, ci) · g[co, o0 + n·ostep]
+                // SAFETY: as in `forward`.
                 unsafe {
-                    let (w_ci, w_co) = self.weight_strides(c_in, c_out, k);
-                    gemm_acc(c_in, t.n, c_out, xb.add(t.i0), len as isize, t.istep as isize, w.as_ptr().add(t.j), w_ci, w_co, gb.add(t.o0), l_out as isize, t.ostep as isize);
+                    gemm_acc_serial(c_in, t.n, c_out, xb.as_mut_ptr().add(t.i0), len as isize, t.istep as isize, w.as_ptr().add(t.j), w_ci, w_co, gb.as_ptr().add(t.o0), l_out as isize, t.ostep as isize);
                 }
             }
-        }
+        });
         gx
     }
 
-    /// The weight gradient in the weight's own layout.
+    /// The weight gradient in the weight's own layout: each worker sums the products of its
+    /// batch items into a buffer of its own, one contiguous `[C_out, C_in]` block per tap (gemm
+    /// writes fastest to contiguous rows); the buffers are added and rearranged at the end.
     #[allow(clippy::too_many_arguments)]
     fn weight_grad(&self, x: &[f32], g: &[f32], batch: usize, c_in: usize, len: usize, c_out: usize, k: usize, l_out: usize) -> Vec<f32> {
         let taps = self.taps(len, k, l_out);
-        // One contiguous [C_out, C_in] block per tap (gemm writes fastest to contiguous rows),
-        // rearranged into the weight's layout at the end.
-        let mut per_tap = vec![0f32; k * c_out * c_in];
-        for b in 0..batch {
-            let gb = g[b * c_out * l_out..].as_ptr();
-            let xb = x[b * c_in * len..].as_ptr();
-            for t in &taps {
-                // dW[tap](co, ci) += Σ_n g[co, o0 + n·ostep] · x[ci, i0 + n·istep]
-                // SAFETY: as in `input_grad`; the block of tap j lies inside `per_tap`.
-                unsafe {
-                    gemm_acc(c_out, c_in, t.n, per_tap.as_mut_ptr().add(t.j * c_out * c_in), c_in as isize, 1, gb.add(t.o0), l_out as isize, t.ostep as isize, xb.add(t.i0), t.istep as isize, len as isize);
-                }
-            }
-        }
-        let mut gw = vec![0f32; c_out * c_in * k];
+        let block = c_out * c_in;
+        let per_tap = (0..batch)
+            .into_par_iter()
+            .fold(
+                || vec![0f32; k * block],
+                |mut acc, b| {
+                    let (gb, xb) = (&g[b * c_out * l_out..], &x[b * c_in * len..]);
+                    for t in &taps {
+                        // dW[tap](co, ci) += Σ_n g[co, o0 + n·ostep] · x[ci, i0 + n·istep]
+                        // SAFETY: as in `forward`; the block of tap j lies inside `acc`.
+                        unsafe {
+                            gemm_acc_serial(c_out, c_in, t.n, acc.as_mut_ptr().add(t.j * block), c_in as isize, 1, gb.as_ptr().add(t.o0), l_out as isize, t.ostep as isize, xb.as_ptr().add(t.i0), t.istep as isize, len as isize);
+                        }
+                    }
+                    acc
+                },
+            )
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+            .unwrap_or_else(|| vec![0f32; k * block]);
+        let mut gw = vec![0f32; block * k];
         let (w_ci, w_co) = self.weight_strides(c_in, c_out, k);
         for j in 0..k {
             for co in 0..c_out {
                 for ci in 0..c_in {
-                    gw[j + co * w_co as usize + ci * w_ci as usize] = per_tap[(j * c_out + co) * c_in + ci];
+                    gw[j + co * w_co as usize + ci * w_ci as usize] = per_tap[j * block + co * c_in + ci];
                 }
             }
         }
