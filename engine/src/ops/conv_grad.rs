@@ -24,7 +24,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shap
 use rayon::prelude::*;
 
 use super::cpu::{filled_rows, gemm_acc_serial, storage_f32, with_f32};
-use super::simd;
+use super::{profile, simd};
 
 /// Which convolution the op computes; the shapes come from the inputs.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +103,10 @@ impl Op {
 
     /// Gradients of x (if it tracks one), w and the bias (if any) from the output gradient `g`.
     fn backward(&self, x: &Tensor, w: &Tensor, has_bias: bool, g: &Tensor) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+        profile::time(|| format!("{:?} backward {:?} L{}", self.0, w.dims(), x.dim(2).unwrap_or(0)), || self.backward_timed(x, w, has_bias, g))
+    }
+
+    fn backward_timed(&self, x: &Tensor, w: &Tensor, has_bias: bool, g: &Tensor) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let (batch, c_in, len, c_out, kernel, l_out) = self.dims(x.dims(), w.dims())?;
         let g = g.contiguous()?;
         let want_x = x.track_op();

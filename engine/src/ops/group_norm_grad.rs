@@ -17,6 +17,10 @@ use super::{simd, NORM_EPS};
 
 /// Gradients for `x`, the packed `[γ, β]` and (if present) the packed `[scale, shift]`.
 pub fn backward(groups: usize, x: &Tensor, params: &Tensor, ss: Option<&Tensor>, grad: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    super::profile::time(|| format!("group_norm_silu backward {:?}", x.dims()), || backward_timed(groups, x, params, ss, grad))
+}
+
+fn backward_timed(groups: usize, x: &Tensor, params: &Tensor, ss: Option<&Tensor>, grad: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let (b, c, l) = x.dims3()?;
     let (x, params, grad) = (x.contiguous()?, params.contiguous()?, grad.contiguous()?);
     let ss = ss.map(Tensor::contiguous).transpose()?;

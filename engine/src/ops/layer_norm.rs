@@ -3,7 +3,9 @@
 //! - [`Path::FastCpu`]: one kernel over slices each for the channels of `[B, C, L]`
 //!   ([`layer_norm_channels`]) and for the last dimension ([`layer_norm_last`]);
 //! - [`Path::Cuda`]: one kernel instead of eight (`ln_channels`, `ln_last` in kernels.cu);
-//! - [`Path::CpuGrad`], [`Path::Composite`]: candle ops (no backward of our own yet).
+//! - [`Path::CpuGrad`]: the CPU kernels as one op with a hand-written backward
+//!   ([`super::layer_norm_grad`]);
+//! - [`Path::Composite`]: candle ops.
 
 use candle_core::{Device, Result, Tensor, D};
 use rayon::prelude::*;
@@ -27,7 +29,14 @@ pub fn layer_norm_no_bias(x: &Tensor, g: &Tensor, dim: D) -> Result<Tensor> {
             }
             layer_norm_no_bias_composite(x, g, dim)
         }
-        Path::CpuGrad | Path::Composite => layer_norm_no_bias_composite(x, g, dim),
+        Path::CpuGrad => {
+            let axis = candle_core::shape::Dim::to_index(&dim, x.shape(), "layer_norm")?;
+            match super::layer_norm_grad::layer_norm_grad(x, g, axis)? {
+                Some(y) => Ok(y),
+                None => layer_norm_no_bias_composite(x, g, dim),
+            }
+        }
+        Path::Composite => layer_norm_no_bias_composite(x, g, dim),
     })
 }
 
