@@ -24,7 +24,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shap
 use rayon::prelude::*;
 
 use super::cpu::{filled_rows, gemm_acc_serial, storage_f32, with_f32};
-use super::{profile, simd};
+use super::{conv_small, profile, simd};
 
 /// Which convolution the op computes; the shapes come from the inputs.
 #[derive(Clone, Copy, Debug)]
@@ -114,6 +114,11 @@ impl Op {
             with_f32(w, |ws| {
                 with_f32(&g, |gs| {
                     let gb = has_bias.then(|| channel_sums(gs, batch, c_out, l_out));
+                    if let Some(d) = self.small(batch, c_in, len, c_out, kernel, l_out) {
+                        let taps = self.taps(len, kernel, l_out);
+                        let gx = want_x.then(|| conv_small::input_grad(ws, gs, d, &taps));
+                        return Ok((gx, conv_small::weight_grad(xs, gs, d, &taps), gb));
+                    }
                     let gx = want_x.then(|| self.input_grad(ws, gs, batch, c_in, len, c_out, kernel, l_out));
                     let gw = self.weight_grad(xs, gs, batch, c_in, len, c_out, kernel, l_out);
                     Ok((gx, gw, gb))
@@ -191,6 +196,12 @@ impl Op {
         gw
     }
 
+    /// The shape for [`conv_small`], if it takes this convolution.
+    fn small(&self, batch: usize, c_in: usize, len: usize, c_out: usize, k: usize, l_out: usize) -> Option<conv_small::Dims> {
+        let stride_one = matches!(self.0, Kind::Conv { stride: 1, .. });
+        conv_small::takes(c_in, c_out, stride_one).then_some(conv_small::Dims { batch, c_in, len, c_out, k, l_out })
+    }
+
     /// Strides of the weight's (C_in, C_out) axes for one tap.
     fn weight_strides(&self, c_in: usize, c_out: usize, k: usize) -> (isize, isize) {
         match self.0 {
@@ -235,13 +246,13 @@ impl Op {
 
 /// A run of `n` (output, input) pairs of weight tap `j`: output `o0 + t·ostep` with input
 /// `i0 + t·istep`.
-struct Tap {
-    j: usize,
-    o0: usize,
-    ostep: usize,
-    i0: usize,
-    istep: usize,
-    n: usize,
+pub(super) struct Tap {
+    pub j: usize,
+    pub o0: usize,
+    pub ostep: usize,
+    pub i0: usize,
+    pub istep: usize,
+    pub n: usize,
 }
 
 /// `dst[t, r] = src[r, t]` for `src` `[rows, cols]`, in 16-column strips (serial: called per
@@ -319,12 +330,12 @@ mod tests {
 
     /// Values and gradients (input, weight, bias) equal the composite gemm form's, for 1×1,
     /// k = 3, strided downsampling and unpadded kernels, odd lengths, batch 3, with and without
-    /// a bias.
+    /// a bias; few channels (direct loops, lengths across their tiles) and more (gemms).
     #[test]
     fn conv_matches_composite_with_gradients() {
         // (c_in, c_out, k, stride, padding, len); strided lengths with (L + 2p) % s == 0, as the
         // composite form requires
-        let cases = [(6, 5, 1, 1, 0, 37), (6, 5, 3, 1, 1, 37), (16, 24, 3, 1, 1, 64), (3, 4, 3, 1, 1, 1), (4, 3, 3, 1, 0, 11), (6, 5, 5, 2, 2, 64), (6, 10, 9, 4, 4, 128), (5, 7, 9, 4, 4, 36), (5, 7, 7, 3, 3, 15)];
+        let cases = [(6, 5, 1, 1, 0, 37), (6, 5, 3, 1, 1, 37), (16, 24, 3, 1, 1, 64), (3, 4, 3, 1, 1, 1), (4, 3, 3, 1, 0, 11), (6, 5, 5, 2, 2, 64), (6, 10, 9, 4, 4, 128), (5, 7, 9, 4, 4, 36), (5, 7, 7, 3, 3, 15), (4, 4, 3, 1, 1, 4099), (3, 5, 5, 1, 2, 8195)];
         for (i, &(ci, co, k, s, p, l)) in cases.iter().enumerate() {
             for with_bias in [true, false] {
                 let x = Var::from_tensor(&rand(&[3, ci, l], 10 + i as u64)).unwrap();

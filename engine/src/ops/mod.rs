@@ -71,6 +71,7 @@ mod channel;
 mod columns;
 mod conv;
 mod conv_grad;
+mod conv_small;
 mod conv_transpose;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
