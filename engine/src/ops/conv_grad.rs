@@ -24,7 +24,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shap
 use rayon::prelude::*;
 
 use super::cpu::{filled_rows, gemm_acc_serial, storage_f32, with_f32};
-use super::{conv_small, profile, simd};
+use super::conv_small::{self, Tap};
+use super::{profile, simd};
 
 /// Which convolution the op computes; the shapes come from the inputs.
 #[derive(Clone, Copy, Debug)]
@@ -242,17 +243,6 @@ impl Op {
         }
         taps
     }
-}
-
-/// A run of `n` (output, input) pairs of weight tap `j`: output `o0 + t·ostep` with input
-/// `i0 + t·istep`.
-pub(super) struct Tap {
-    pub j: usize,
-    pub o0: usize,
-    pub ostep: usize,
-    pub i0: usize,
-    pub istep: usize,
-    pub n: usize,
 }
 
 /// `dst[t, r] = src[r, t]` for `src` `[rows, cols]`, in 16-column strips (serial: called per

@@ -8,9 +8,19 @@
 
 use rayon::prelude::*;
 
-use super::conv_grad::Tap;
 use super::cpu::SendPtr;
 use super::simd;
+
+/// (Shared with [`super::conv_grad`], which builds the runs.) A run of `n` (output, input) pairs of weight tap `j`: output `o0 + t·ostep` with input
+/// `i0 + t·istep`.
+pub(super) struct Tap {
+    pub j: usize,
+    pub o0: usize,
+    pub ostep: usize,
+    pub i0: usize,
+    pub istep: usize,
+    pub n: usize,
+}
 
 /// Samples per tile.
 const TILE: usize = 4096;

@@ -1,5 +1,5 @@
-//! The [`Path::CpuGrad`] form of [`super::layer_norm_no_bias`]: one op whose forward is the
-//! inference kernel and whose backward is written by hand. The composite form's backward runs
+//! The hand-written backward of the [`Path::CpuGrad`] form of [`super::layer_norm_no_bias`] (the
+//! op itself, whose forward is the inference kernel, is in layer_norm.rs). The composite form's backward runs
 //! through about ten element-wise nodes, and the gain's gradient is a broadcast sum over batch and
 //! time, which candle does with a per-element index loop.
 //!
@@ -10,64 +10,12 @@
 //!
 //! [`Path::CpuGrad`]: super::Path::CpuGrad
 
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{storage_f32, with_f32};
-use super::layer_norm::{layer_norm_channels, layer_norm_last};
-use super::{profile, simd, NORM_EPS};
-
-/// Bias-free LayerNorm of `x` (rank 3) over axis `axis` (1 or 2), gain `g` with one value per
-/// position of that axis (any shape), or `None` for other shapes.
-pub fn layer_norm_grad(x: &Tensor, g: &Tensor, axis: usize) -> Result<Option<Tensor>> {
-    if x.rank() != 3 || !(1..=2).contains(&axis) || g.elem_count() != x.dim(axis)? {
-        return Ok(None);
-    }
-    Ok(Some(x.contiguous()?.apply_op2(&g.contiguous()?, LayerNorm { axis })?))
-}
-
-struct LayerNorm {
-    axis: usize,
-}
-
-impl LayerNorm {
-    /// `(outer, D, inner)` of a `[B, C, L]` input.
-    fn view(&self, dims: &[usize]) -> (usize, usize, usize) {
-        let (b, c, l) = (dims[0], dims[1], dims[2]);
-        if self.axis == 2 {
-            (b * c, l, 1)
-        } else {
-            (b, c, l)
-        }
-    }
-}
-
-impl CustomOp2 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "layer-norm-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (storage_f32(s1, l1, self.name())?, storage_f32(s2, l2, self.name())?);
-        let (b, c, l) = l1.shape().dims3()?;
-        let y = if self.axis == 2 { layer_norm_last(x, l, g, NORM_EPS) } else { layer_norm_channels(x, b, c, l, g, NORM_EPS) };
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, g: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        profile::time(|| format!("layer_norm backward {:?} axis {}", x.dims(), self.axis), || {
-            let (outer, d, inner) = self.view(x.dims());
-            let dy = dy.contiguous()?;
-            let (dx, dg) = with_f32(x, |xs| with_f32(g, |gs| with_f32(&dy, |dys| Ok(backward(xs, gs, dys, outer, d, inner)))))?;
-            let dx = x.track_op().then(|| Tensor::from_vec(dx, x.shape(), &Device::Cpu)).transpose()?;
-            let dg = g.track_op().then(|| Tensor::from_vec(dg, g.shape(), &Device::Cpu)).transpose()?;
-            Ok((dx, dg))
-        })
-    }
-}
+use super::{simd, NORM_EPS};
 
 /// `(dx, dg)`; per outer slice (in parallel) the statistics over D are vectors along `inner`.
-fn backward(x: &[f32], g: &[f32], dy: &[f32], outer: usize, d: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
+pub fn backward(x: &[f32], g: &[f32], dy: &[f32], outer: usize, d: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
     if inner == 1 {
         return backward_rows(x, g, dy, d);
     }
