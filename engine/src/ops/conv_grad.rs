@@ -4,9 +4,12 @@
 //! - forward: `W[tap] · x` added into the output positions of the run;
 //! - input gradient: `Wⱼᵀ · g` added straight into the shifted input positions (no columns
 //!   buffer, no col2im);
-//! - weight gradient: `g · xⱼᵀ` per tap and batch item, accumulated in one buffer (no `[B, ·, ·]`
-//!   weight gradient summed over the batch afterwards);
+//! - weight gradient: `g · xⱼᵀ` per tap and batch item, accumulated in one buffer per worker (no
+//!   `[B, ·, ·]` weight gradient summed over the batch afterwards);
 //! - bias gradient: row sums.
+//!
+//! The backward of stride-1 convolutions with a handful of channels, where gemms are all
+//! overhead, is in conv_small.rs.
 //!
 //! Batch items run in parallel, each product on one thread (`gemm_acc_serial`): with batch 4 on
 //! 2 threads the work splits evenly with no fork/join inside the gemms, and gemm's serial
