@@ -1,11 +1,12 @@
 //! 1-D convolution ([`Conv1d`], weight `[C_out, C_in, k]`, PyTorch layout), in two forms:
 //! - [`Path::FastCpu`]: [`conv1d`] over slices, sums of large multithreaded gemm calls over
 //!   shifted views of the input (no im2col for stride 1);
-//! - every other path: the gemm form, columns ([`super::columns`]) → one matmul
-//!   ([`shared_weight_matmul`]) → bias ([`super::channel`]), each piece in the call's path (CPU:
-//!   ops with direct backward passes; CUDA: one kernel each; composite: candle ops, which is
-//!   [`Conv1d::forward_composite`]). candle's own CPU `conv1d` is not used: its weight gradient is
-//!   wrong for batch > 1.
+//! - [`Path::CpuGrad`] (training): the same kernel as one op with a hand-written backward, gemms
+//!   per tap too ([`super::conv_grad`]);
+//! - CUDA and composite: the gemm form, columns ([`super::columns`]) → one matmul
+//!   ([`shared_weight_matmul`]) → bias ([`super::channel`]), each piece in the call's path (CUDA:
+//!   one kernel each; composite: candle ops, which is [`Conv1d::forward_composite`]). candle's own
+//!   CPU `conv1d` is not used: its weight gradient is wrong for batch > 1.
 
 use std::sync::OnceLock;
 
@@ -14,7 +15,7 @@ use rayon::prelude::*;
 
 use super::cpu::{expect_len, filled_rows, gemm_acc, with_f32};
 use super::path::{path_for, Path};
-use super::{channel, columns, profile};
+use super::{channel, columns, conv_grad, profile};
 
 /// `w · cols[b]` for every batch item: `w` `[M, K]`, `cols` `[B, K, N]` → `[B, M, N]`.
 ///
@@ -55,7 +56,8 @@ impl Conv1d {
             inputs.extend(&self.bias);
             match path_for(&inputs) {
                 Path::FastCpu => self.forward_fast(x),
-                path @ (Path::CpuGrad | Path::Cuda | Path::Composite) => self.forward_gemm(x, path),
+                Path::CpuGrad => conv_grad::conv1d_grad(x, &self.weight, self.bias.as_ref(), self.stride, self.padding),
+                path @ (Path::Cuda | Path::Composite) => self.forward_gemm(x, path),
             }
         })
     }
@@ -84,8 +86,9 @@ impl Conv1d {
         Tensor::from_vec(y, (s.batch, s.c_out, s.len_out()), &Device::Cpu)
     }
 
-    /// The gemm form, its pieces in `path`'s form.
-    fn forward_gemm(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+    /// The gemm form, its pieces in `path`'s form (with [`Path::CpuGrad`]: columns and bias as
+    /// custom ops, the training form before [`super::conv_grad`]; kept for benchmarks).
+    pub fn forward_gemm(&self, x: &Tensor, path: Path) -> Result<Tensor> {
         let (c_out, c_in, k) = self.weight.dims3()?;
         let cols = if self.stride == 1 {
             columns::im2col(x, k, self.padding, path)?

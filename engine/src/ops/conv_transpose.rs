@@ -1,7 +1,9 @@
 //! The reference `Upsample1d` transposed convolution ([`ConvTranspose1d`]), in two forms:
 //! - [`Path::FastCpu`]: [`conv_transpose1d`] over slices, polyphase without zero-stuffing, each
 //!   tap one gemm writing straight into the interleaved output;
-//! - every other path: the gemm form, columns of three shifted copies ([`super::columns`]) → one
+//! - [`Path::CpuGrad`] (training): the same kernel as one op with a hand-written backward
+//!   ([`super::conv_grad`]);
+//! - CUDA and composite: the gemm form, columns of three shifted copies ([`super::columns`]) → one
 //!   matmul with the phase matrix → bias ([`super::channel`]), each piece in the call's path.
 //!   candle's own `conv_transpose1d` is not used: it has no backward, and its CPU forward is wrong
 //!   for batch > 1.
@@ -11,7 +13,7 @@ use candle_core::{Device, Result, Tensor};
 use super::conv::shared_weight_matmul;
 use super::cpu::{expect_len, filled_rows, gemm_acc, with_f32};
 use super::path::{path_for, Path};
-use super::{channel, columns, profile};
+use super::{channel, columns, conv_grad, profile};
 
 /// The reference `Upsample1d` transposed convolution (kernel 2f, stride f, padding f/2 + f%2,
 /// output padding f%2; weight `[C_in, C_out, 2f]`), computed in polyphase form: output phase r
@@ -79,7 +81,8 @@ impl ConvTranspose1d {
         let name = || format!("conv_transpose f{} {:?} L{}", self.factor, self.weight.dims(), x.dim(2).unwrap_or(0));
         profile::time(name, || match path_for(&[x, &self.weight, &self.bias]) {
             Path::FastCpu => self.forward_fast(x),
-            path @ (Path::CpuGrad | Path::Cuda | Path::Composite) => self.forward_gemm(x, path),
+            Path::CpuGrad => conv_grad::conv_transpose1d_grad(x, &self.weight, &self.bias, self.factor),
+            path @ (Path::Cuda | Path::Composite) => self.forward_gemm(x, path),
         })
     }
 
@@ -99,8 +102,9 @@ impl ConvTranspose1d {
         Tensor::from_vec(y, (b, c_out, l * f), &Device::Cpu)
     }
 
-    /// The gemm form, its pieces in `path`'s form.
-    fn forward_gemm(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+    /// The gemm form, its pieces in `path`'s form (with [`Path::CpuGrad`]: the training form
+    /// before [`super::conv_grad`]; kept for benchmarks).
+    pub fn forward_gemm(&self, x: &Tensor, path: Path) -> Result<Tensor> {
         let (b, _c_in, l) = x.dims3()?;
         let f = self.factor;
         let c_out = self.weight.dim(1)?;

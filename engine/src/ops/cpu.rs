@@ -110,11 +110,50 @@ pub unsafe fn gemm_acc(
     rhs_rs: isize,
     rhs_cs: isize,
 ) {
+    gemm_acc_on(parallelism(), m, n, k, dst, dst_rs, dst_cs, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs);
+}
+
+/// [`gemm_acc`] on the calling thread alone, for callers that run several independent products
+/// in parallel themselves (one per batch item: no fork/join or serial packing inside each).
+///
+/// # Safety
+/// As [`gemm_acc`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_acc_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
+    gemm_acc_on(gemm::Parallelism::None, m, n, k, dst, dst_rs, dst_cs, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs);
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_acc_on(
+    par: gemm::Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    gemm::gemm(
-        m, n, k, dst, dst_cs, dst_rs, true, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 1.0f32, 1.0f32, false, false,
-        false, parallelism(),
-    );
+    gemm::gemm(m, n, k, dst, dst_cs, dst_rs, true, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 1.0f32, 1.0f32, false, false, false, par);
 }

@@ -3,12 +3,15 @@
 //! - [`Path::FastCpu`]: one kernel over slices each for the channels of `[B, C, L]`
 //!   ([`layer_norm_channels`]) and for the last dimension ([`layer_norm_last`]);
 //! - [`Path::Cuda`]: one kernel instead of eight (`ln_channels`, `ln_last` in kernels.cu);
-//! - [`Path::CpuGrad`], [`Path::Composite`]: candle ops (no backward of our own yet).
+//! - [`Path::CpuGrad`]: the CPU kernels as one op with a hand-written backward
+//!   ([`super::layer_norm_grad`]);
+//! - [`Path::Composite`]: candle ops.
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::cpu::{expect_len, with_f32, SendPtr};
+use super::cpu::{expect_len, storage_f32, with_f32, SendPtr};
+use super::layer_norm_grad;
 use super::path::{path_for, Path};
 use super::{profile, simd, NORM_EPS};
 
@@ -27,7 +30,14 @@ pub fn layer_norm_no_bias(x: &Tensor, g: &Tensor, dim: D) -> Result<Tensor> {
             }
             layer_norm_no_bias_composite(x, g, dim)
         }
-        Path::CpuGrad | Path::Composite => layer_norm_no_bias_composite(x, g, dim),
+        Path::CpuGrad => {
+            let axis = candle_core::shape::Dim::to_index(&dim, x.shape(), "layer_norm")?;
+            match layer_norm_grad(x, g, axis)? {
+                Some(y) => Ok(y),
+                None => layer_norm_no_bias_composite(x, g, dim),
+            }
+        }
+        Path::Composite => layer_norm_no_bias_composite(x, g, dim),
     })
 }
 
@@ -177,6 +187,55 @@ mod cuda {
             })?;
             Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape.clone()))
         }
+    }
+}
+
+/// Bias-free LayerNorm of `x` (rank 3) over axis `axis` (1 or 2), gain `g` with one value per
+/// position of that axis (any shape), or `None` for other shapes.
+fn layer_norm_grad(x: &Tensor, g: &Tensor, axis: usize) -> Result<Option<Tensor>> {
+    if x.rank() != 3 || !(1..=2).contains(&axis) || g.elem_count() != x.dim(axis)? {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op2(&g.contiguous()?, LayerNorm { axis })?))
+}
+
+struct LayerNorm {
+    axis: usize,
+}
+
+impl LayerNorm {
+    /// `(outer, D, inner)` of a `[B, C, L]` input.
+    fn view(&self, dims: &[usize]) -> (usize, usize, usize) {
+        let (b, c, l) = (dims[0], dims[1], dims[2]);
+        if self.axis == 2 {
+            (b * c, l, 1)
+        } else {
+            (b, c, l)
+        }
+    }
+}
+
+impl CustomOp2 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (storage_f32(s1, l1, self.name())?, storage_f32(s2, l2, self.name())?);
+        let (b, c, l) = l1.shape().dims3()?;
+        let y = if self.axis == 2 { layer_norm_last(x, l, g, NORM_EPS) } else { layer_norm_channels(x, b, c, l, g, NORM_EPS) };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, g: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        profile::time(|| format!("layer_norm backward {:?} axis {}", x.dims(), self.axis), || {
+            let (outer, d, inner) = self.view(x.dims());
+            let dy = dy.contiguous()?;
+            let (dx, dg) = with_f32(x, |xs| with_f32(g, |gs| with_f32(&dy, |dys| Ok(layer_norm_grad::backward(xs, gs, dys, outer, d, inner)))))?;
+            let dx = x.track_op().then(|| Tensor::from_vec(dx, x.shape(), &Device::Cpu)).transpose()?;
+            let dg = g.track_op().then(|| Tensor::from_vec(dg, g.shape(), &Device::Cpu)).transpose()?;
+            Ok((dx, dg))
+        })
     }
 }
 

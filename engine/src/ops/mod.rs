@@ -21,10 +21,10 @@
 //!
 //! | op | file | FastCpu | CpuGrad | Cuda |
 //! |---|---|---|---|---|
-//! | [`Conv1d`] | conv.rs | gemm per tap | columns op → matmul → bias op | columns kernel → matmul → bias kernel |
-//! | [`ConvTranspose1d`] | conv_transpose.rs | polyphase gemms | as Conv1d, 3 columns | as Conv1d, 3 columns |
+//! | [`Conv1d`] | conv.rs (+ conv_grad.rs) | gemm per tap | one op: gemm per tap, backward by hand | columns kernel → matmul → bias kernel |
+//! | [`ConvTranspose1d`] | conv_transpose.rs (+ conv_grad.rs) | polyphase gemms | one op: polyphase gemms, backward by hand | as Conv1d, 3 columns |
 //! | [`group_norm_scale_shift_silu`] | group_norm.rs (+ group_norm_grad.rs) | fused kernel | fused op, backward by hand | fused kernel |
-//! | [`layer_norm_no_bias`] | layer_norm.rs | one kernel | composite | one kernel |
+//! | [`layer_norm_no_bias`] | layer_norm.rs (+ layer_norm_grad.rs) | one kernel | one op, backward by hand | one kernel |
 //! | [`linear`] | linear.rs | weight read in place | composite | composite |
 //! | [`attention`] | attention.rs | composite | composite | softmax in the tensor's dtype |
 //! | [`cat_scaled`] | cat_scaled.rs | composite | composite | one kernel |
@@ -70,6 +70,8 @@ mod cat_scaled;
 mod channel;
 mod columns;
 mod conv;
+mod conv_grad;
+mod conv_small;
 mod conv_transpose;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
@@ -77,6 +79,7 @@ mod cuda;
 mod group_norm;
 mod group_norm_grad;
 mod layer_norm;
+mod layer_norm_grad;
 mod linear;
 mod patch;
 mod path;

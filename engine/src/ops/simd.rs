@@ -72,6 +72,46 @@ fn centered_sq_sum_generic(x: &[f32], mean: f32) -> f64 {
     acc.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>()
 }
 
+/// Pass 1 of the GroupNorm + scale/shift + SiLU backward over one row (see group_norm_grad.rs):
+/// `coef` = (mean, 1/std, γ, β, scale, shift); writes dx̂ into `dx` and returns the row sums
+/// (Σ dh, Σ dh·h₀, Σ dh₀·x̂, Σ dh₀, Σ dx̂, Σ dx̂·x̂), accumulated in f32 lanes and summed in f64.
+#[inline(always)]
+fn gn_silu_backward_row_generic(x: &[f32], dy: &[f32], dx: &mut [f32], coef: &[f32; 6]) -> [f64; 6] {
+    let [mean, rstd, g, be, a, t] = *coef;
+    let one_a = 1.0 + a;
+    let item = |xv: f32, dyv: f32| {
+        let xh = (xv - mean) * rstd;
+        let h0 = xh * g + be;
+        let h = h0 * one_a + t;
+        let sig = 1.0 / (1.0 + exp_f32(-h));
+        let dh = dyv * sig * (1.0 + h * (1.0 - sig));
+        let dh0 = dh * one_a;
+        let dxh = dh0 * g;
+        (dxh, [dh, dh * h0, dh0 * xh, dh0, dxh, dxh * xh])
+    };
+    let mut acc = [[0f32; LANES]; 6];
+    let n = x.len().min(dy.len()).min(dx.len());
+    let full = n - n % LANES;
+    for ((xc, dyc), dxc) in x[..full].chunks_exact(LANES).zip(dy[..full].chunks_exact(LANES)).zip(dx[..full].chunks_exact_mut(LANES)) {
+        for i in 0..LANES {
+            let (d, v) = item(xc[i], dyc[i]);
+            dxc[i] = d;
+            for q in 0..6 {
+                acc[q][i] += v[q];
+            }
+        }
+    }
+    let mut sums = acc.map(|lanes| lanes.iter().map(|&v| v as f64).sum::<f64>());
+    for i in full..n {
+        let (d, v) = item(x[i], dy[i]);
+        dx[i] = d;
+        for q in 0..6 {
+            sums[q] += v[q] as f64;
+        }
+    }
+    sums
+}
+
 #[inline(always)]
 fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
@@ -129,6 +169,10 @@ multiversion!(
 multiversion!(
     /// Σ x, accumulated in 16 f32 lanes and summed in f64.
     sum, sum_generic, (x: &[f32]) -> f64
+);
+multiversion!(
+    /// Pass 1 of the GroupNorm + SiLU backward over one row.
+    gn_silu_backward_row, gn_silu_backward_row_generic, (x: &[f32], dy: &[f32], dx: &mut [f32], coef: &[f32; 6]) -> [f64; 6]
 );
 multiversion!(
     /// Σ (x − mean)², accumulated in 16 f32 lanes and summed in f64.
