@@ -131,6 +131,14 @@ fn read_all(mut reader: AudioReader, opts: &ReadOptions) -> Result<AudioBuffer> 
     Ok(AudioBuffer { rate: reader.rate(), channels })
 }
 
+/// Runs symphonia code, turning a panic inside it into the error a damaged file gets.
+fn unpanicked<T>(shown: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        anyhow::anyhow!("cannot read {shown}: the file is damaged (the decoder stopped: {why}); re-export or re-copy it")
+    })
+}
+
 /// An audio file decoded piece by piece, with the checks of [`read_audio_with`]: memory stays
 /// flat however long the file is. [`next_chunk`](Self::next_chunk) returns `None` only after
 /// the whole file decoded cleanly to the length its header promises.
@@ -176,8 +184,10 @@ impl AudioReader {
             hint.with_extension(ext);
         }
         let format_opts = FormatOptions { enable_gapless: true, ..Default::default() };
-        let probed = probe()
-            .format(&hint, stream, &format_opts, &MetadataOptions::default())
+        // symphonia 0.5 panics on some headers it should refuse (a WAV `fmt ` chunk with sample
+        // rate 0 asserts in `TimeBase::new`, found by fuzzing): a panic while probing is a damaged
+        // file, not a crash.
+        let probed = unpanicked(&shown, || probe().format(&hint, stream, &format_opts, &MetadataOptions::default()))?
             .map_err(|e| match e {
                 SymError::Unsupported(_) => anyhow::anyhow!(
                     "cannot read {shown}: not a recognised audio file ({e}); supported formats are \
@@ -286,6 +296,16 @@ impl AudioReader {
         if let Some(chunk) = self.peeked.take() {
             return Ok(Some(chunk));
         }
+        let shown = self.shown.clone();
+        // The decoders are symphonia's; a panic inside one is a damaged file (see `unpanicked`).
+        let out = unpanicked(&shown, || self.decode_chunk());
+        if out.is_err() {
+            self.done = true;
+        }
+        out?
+    }
+
+    fn decode_chunk(&mut self) -> Result<Option<Vec<Vec<f32>>>> {
         let shown = self.shown.clone();
         while !self.done {
             let packet = match self.format.next_packet() {
