@@ -178,8 +178,15 @@ impl AudioReader {
     }
 
     /// Opens and probes audio from any source; `shown` names it in errors, `ext` hints the format.
-    pub fn open_source(source: Box<dyn MediaSource>, shown: String, ext: Option<&str>, opts: &ReadOptions) -> Result<Self> {
+    pub fn open_source(mut source: Box<dyn MediaSource>, shown: String, ext: Option<&str>, opts: &ReadOptions) -> Result<Self> {
         let source_len = source.byte_len();
+        if source.is_seekable() {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut head = Vec::with_capacity(super::header::LOOK_BYTES);
+            (&mut source).take(super::header::LOOK_BYTES as u64).read_to_end(&mut head).with_context(|| format!("cannot read {shown}"))?;
+            source.seek(SeekFrom::Start(0)).with_context(|| format!("cannot read {shown}"))?;
+            super::header::check(&head, &shown)?;
+        }
         let stream = MediaSourceStream::new(source, Default::default());
         let mut hint = Hint::new();
         if let Some(ext) = ext {

@@ -8,6 +8,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod header;
 pub mod resample;
 pub mod residual;
 pub mod windows;
