@@ -5,19 +5,23 @@
 
 use anyhow::{bail, Result};
 
-/// How much of the file's start is looked at.
-pub const LOOK_BYTES: usize = 64 * 1024;
+/// How much of the file's start is looked at: symphonia's probe searches the start of a stream
+/// for a format's marker (a WAV may start after junk bytes), so every marker in this much is checked.
+pub const LOOK_BYTES: usize = 1 << 20;
 
-/// Checks the sample rate in the `fmt ` chunk of a RIFF/WAVE file or the `COMM` chunk of an
-/// AIFF/AIFC file that starts with `head`; other data passes.
+/// Checks the sample rate in the `fmt ` chunk of every RIFF/WAVE header and the `COMM` chunk of
+/// every AIFF/AIFC header that starts within `head`; other data passes.
 pub fn check(head: &[u8], shown: &str) -> Result<()> {
-    let rate = match head.get(..12) {
-        Some([b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'A', b'V', b'E']) => wav_rate(head),
-        Some([b'F', b'O', b'R', b'M', _, _, _, _, b'A', b'I', b'F', f]) if *f == b'F' || *f == b'C' => aiff_rate(head),
-        _ => None,
-    };
-    if rate == Some(0) {
-        bail!("cannot read {shown}: its header says the sample rate is 0 (the file is damaged); re-export or re-copy it");
+    for at in 0..head.len() {
+        let h = &head[at..];
+        let rate = match h.get(..12) {
+            Some([b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'A', b'V', b'E']) => wav_rate(h),
+            Some([b'F', b'O', b'R', b'M', _, _, _, _, b'A', b'I', b'F', f]) if *f == b'F' || *f == b'C' => aiff_rate(h),
+            _ => None,
+        };
+        if rate == Some(0) {
+            bail!("cannot read {shown}: its header says the sample rate is 0 (the file is damaged); re-export or re-copy it");
+        }
     }
     Ok(())
 }
@@ -86,6 +90,10 @@ mod tests {
         assert_eq!(aiff_rate(&aiff(r)), Some(44_100));
         assert!(check(&aiff(r), "a.aif").is_ok());
         assert!(check(&aiff([0; 10]), "a.aif").is_err());
+        // a header after junk bytes (symphonia's probe finds it there too)
+        let mut late = b"junk".to_vec();
+        late.extend(wav(0));
+        assert!(check(&late, "a.wav").is_err());
         // not WAV/AIFF, truncated or chunk sizes that overflow: left to symphonia
         assert!(check(b"OggS", "x").is_ok() && check(&wav(0)[..20], "x").is_ok());
         let mut huge = wav(0);
