@@ -160,3 +160,18 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(regenerate::stem_indices(&names, &["piano".into(), "bass".into(), "piano".into()]).unwrap(), [3, 0]);
     assert!(regenerate::stem_indices(&names, &["vocals".into()]).unwrap_err().to_string().contains("bass, drums, guitar, piano"));
 }
+
+/// With a per-stem σ model (issue 15) regeneration works the same way: the other stems, given
+/// over the whole window, are shown to the network clean, and the chosen stem keeps its audio
+/// outside the range; outside the range nothing changes.
+#[test]
+fn a_per_stem_model_regenerates_a_range_too() {
+    let mut m = Model::random(ModelConfig { stem_sigmas: true, ..ModelConfig::tiny() }, 7, &Device::Cpu).unwrap();
+    m.meta.window = 1024;
+    assert!(m.denoiser.net.takes_stem_sigmas());
+    let stems = demo_stems(22_050, 1);
+    let range = regenerate::frame_range(0.2, 0.6, 22_050, stems[0].frames()).unwrap();
+    let what = Regeneration { stems: vec![2], range, crossfade: regenerate::DEFAULT_CROSSFADE_S };
+    let out = regenerate::regenerate(&m, &stems, &what, &quick(), &mut |_| true).unwrap();
+    check(&stems, &out.stems, &what);
+}
