@@ -26,38 +26,38 @@ pub fn check(head: &[u8], shown: &str) -> Result<()> {
     Ok(())
 }
 
-/// The sample rate of the first `fmt ` chunk, if it is within `head`.
-fn wav_rate(head: &[u8]) -> Option<u32> {
+/// Where the data of the first chunk `id` starts (chunks after the 12-byte form header, sizes
+/// little-endian in RIFF and big-endian in AIFF), if its header is within `head`.
+fn chunk_data(head: &[u8], id: &[u8; 4], big_endian: bool) -> Option<usize> {
     let mut pos = 12usize;
     while let Some(h) = head.get(pos..pos + 8) {
-        let size = u32::from_le_bytes(h[4..8].try_into().ok()?) as usize;
-        if &h[..4] == b"fmt " {
-            let rate = head.get(pos + 12..pos + 16)?;
-            return Some(u32::from_le_bytes(rate.try_into().ok()?));
+        let raw: [u8; 4] = h[4..8].try_into().ok()?;
+        let size = if big_endian { u32::from_be_bytes(raw) } else { u32::from_le_bytes(raw) } as usize;
+        if &h[..4] == id {
+            return Some(pos + 8);
         }
         pos = pos.checked_add(8)?.checked_add(size)?.checked_add(size & 1)?;
     }
     None
 }
 
+/// The sample rate of the first `fmt ` chunk, if it is within `head`.
+fn wav_rate(head: &[u8]) -> Option<u32> {
+    let at = chunk_data(head, b"fmt ", false)?;
+    Some(u32::from_le_bytes(head.get(at + 4..at + 8)?.try_into().ok()?))
+}
+
 /// The sample rate of the `COMM` chunk (an 80-bit extended float), 0 when it is below 1 Hz.
 fn aiff_rate(head: &[u8]) -> Option<u32> {
-    let mut pos = 12usize;
-    while let Some(h) = head.get(pos..pos + 8) {
-        let size = u32::from_be_bytes(h[4..8].try_into().ok()?) as usize;
-        if &h[..4] == b"COMM" {
-            let ext = head.get(pos + 16..pos + 26)?;
-            let exponent = (u16::from_be_bytes([ext[0], ext[1]]) & 0x7fff) as i32 - 16383;
-            let mantissa = u64::from_be_bytes(ext[2..10].try_into().ok()?);
-            if mantissa == 0 || exponent < 0 {
-                return Some(0);
-            }
-            // rate = mantissa · 2^(exponent − 63); anything above u32 is not 0
-            return Some(if exponent >= 63 { u32::MAX } else { (mantissa >> (63 - exponent)).min(u32::MAX as u64) as u32 });
-        }
-        pos = pos.checked_add(8)?.checked_add(size)?.checked_add(size & 1)?;
+    let at = chunk_data(head, b"COMM", true)?;
+    let ext = head.get(at + 8..at + 18)?;
+    let exponent = (u16::from_be_bytes([ext[0], ext[1]]) & 0x7fff) as i32 - 16383;
+    let mantissa = u64::from_be_bytes(ext[2..10].try_into().ok()?);
+    if mantissa == 0 || exponent < 0 {
+        return Some(0);
     }
-    None
+    // rate = mantissa · 2^(exponent − 63); anything above u32 is not 0
+    Some(if exponent >= 63 { u32::MAX } else { (mantissa >> (63 - exponent)).min(u32::MAX as u64) as u32 })
 }
 
 #[cfg(test)]
