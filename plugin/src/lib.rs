@@ -28,6 +28,7 @@ pub mod render;
 pub mod session;
 pub mod shared;
 pub mod worker;
+pub mod worker_thread;
 
 use capture::{BlockTime, Recorder};
 use messages::{Chunk, Command, CAPTURE_CHANNELS, POOL_CHUNKS};

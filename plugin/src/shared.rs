@@ -10,6 +10,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::messages::{CaptureFlags, Chunk, Command, PlaySet, ToAudio, ToWorker, POOL_CHUNKS};
 use crate::params::MsdmParams;
+use crate::worker_thread::WorkerThread;
 
 /// What the worker is doing, for the editor.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -79,12 +80,6 @@ pub struct AudioLink {
 /// does not name the worker, so the worker may depend on it without a cycle).
 pub type WorkerMain = Box<dyn FnOnce(Arc<Shared>, WorkerEnds) + Send>;
 
-enum WorkerSlot {
-    NotStarted(WorkerEnds, WorkerMain),
-    Running(std::thread::JoinHandle<()>),
-    ShutDown,
-}
-
 pub struct Shared {
     pub params: Arc<MsdmParams>,
     /// What the audio thread's recorder sets.
@@ -101,7 +96,7 @@ pub struct Shared {
     pub status: Mutex<Status>,
     repaint: Mutex<Option<Box<dyn Fn() + Send>>>,
     commands: Sender<Command>,
-    worker: Mutex<WorkerSlot>,
+    worker: WorkerThread<Arc<Shared>>,
 }
 
 impl Shared {
@@ -130,7 +125,7 @@ impl Shared {
             status: Mutex::new(Status::default()),
             repaint: Mutex::new(None),
             commands,
-            worker: Mutex::new(WorkerSlot::NotStarted(ends, worker_main)),
+            worker: WorkerThread::new(Box::new(move |shared| worker_main(shared, ends))),
         });
         let link = AudioLink {
             to_worker,
@@ -151,35 +146,16 @@ impl Shared {
     /// Starts the worker thread if it is not running (never from `Default`: hosts create
     /// instances just to scan them).
     pub fn ensure_worker(self: &Arc<Self>) {
-        let mut slot = self.worker.lock().unwrap_or_else(|e| e.into_inner());
-        if let WorkerSlot::NotStarted(..) = &*slot {
-            let WorkerSlot::NotStarted(ends, main) = std::mem::replace(&mut *slot, WorkerSlot::ShutDown) else {
-                return;
-            };
-            let shared = Arc::clone(self);
-            match std::thread::Builder::new()
-                .name("msdm-worker".into())
-                .spawn(move || main(shared, ends))
-            {
-                Ok(handle) => *slot = WorkerSlot::Running(handle),
-                Err(e) => {
-                    drop(slot);
-                    self.set_phase(Phase::Error(format!("Could not start the worker thread: {e}")));
-                }
-            }
+        if let Err(e) = self.worker.ensure_started(|| Arc::clone(self)) {
+            self.set_phase(Phase::Error(format!("Could not start the worker thread: {e}")));
         }
     }
 
     /// Stops the worker (cancelling a running render) and waits for it.
     pub fn shutdown(&self) {
-        let slot = std::mem::replace(
-            &mut *self.worker.lock().unwrap_or_else(|e| e.into_inner()),
-            WorkerSlot::ShutDown,
-        );
-        if let WorkerSlot::Running(handle) = slot {
+        self.worker.stop(|| {
             let _ = self.commands.send(Command::Shutdown);
-            let _ = handle.join();
-        }
+        });
     }
 
     pub fn status(&self) -> MutexGuard<'_, Status> {
