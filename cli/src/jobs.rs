@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use msdm::args::GivenStem;
-use msdm::audio::{self, AudioBuffer, AudioReader, OutputPolicy, ReadOptions, SampleFormat, WavStreamWriter};
+use msdm::audio::{self, AudioReader, OutputPolicy, ReadOptions, SampleFormat, WavStreamWriter};
 use msdm::model_file::{bundled_model_path, Model};
 use msdm::separation::{self, FrameSource};
 use msdm::separator::Likelihood;
-use msdm::tasks::{self, Job, Settings};
+use msdm::tasks::{self, Given, Job, Settings};
 
 use crate::{FormatArg, LikelihoodArg, OutputArgs, SamplingArgs};
 
@@ -17,10 +17,6 @@ use crate::{FormatArg, LikelihoodArg, OutputArgs, SamplingArgs};
 /// stem, in stem order) makes an ISDM model.
 pub fn load_model(path: Option<&Path>, device: &str) -> Result<Model> {
     let device = msdm::device::select(device)?;
-    if let Some(list) = path.and_then(|p| p.to_str()).filter(|s| s.contains(',')) {
-        let models = list.split(',').map(|p| Model::load(Path::new(p), &device)).collect::<Result<Vec<_>>>()?;
-        return Model::isdm(models);
-    }
     let path: PathBuf = match path {
         Some(p) => p.to_path_buf(),
         None => bundled_model_path().context(
@@ -28,7 +24,7 @@ pub fn load_model(path: Option<&Path>, device: &str) -> Result<Model> {
              pass --model FILE (e.g. one made with `msdm import CKPT -o FILE`) or set MSDM_MODEL",
         )?,
     };
-    Model::load(&path, &device)
+    Model::load_spec(&path, &device)
 }
 
 /// Loads the model for a job, in the precision asked for.
@@ -240,22 +236,17 @@ pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u
 pub fn impute(given: &[String], out: &OutputArgs, sampling: &SamplingArgs) -> Result<()> {
     let model = job_model(out)?;
     let parsed = msdm::args::parse_given(given, &model.meta.stems)?;
-    let mut files: Vec<Option<AudioBuffer>> = vec![None; parsed.len()];
-    let mut silent = Vec::new();
-    for (i, g) in parsed.into_iter().enumerate() {
-        match g {
-            Some(GivenStem::Silence) => silent.push(i),
-            Some(GivenStem::File(path)) => files[i] = Some(audio::read_audio(&path)?),
-            None => {}
-        }
-    }
-    let Some(first) = files.iter().flatten().next().cloned() else {
-        bail!("impute needs at least one --given NAME=FILE with audio (silence alone gives no length)");
-    };
-    for i in silent {
-        files[i] = Some(AudioBuffer::new(first.rate, vec![vec![0.0; first.frames()]; first.num_channels()]));
-    }
-    let job = Job::Impute { given: files };
+    let given = parsed
+        .into_iter()
+        .map(|g| {
+            Ok(match g {
+                None => Given::Generate,
+                Some(GivenStem::Silence) => Given::Silent,
+                Some(GivenStem::File(path)) => Given::Audio(audio::read_audio(&path)?),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let job = Job::Impute { given };
     let base = Settings::for_job(&job, &model);
     run_takes(&model, &job, &settings(base, sampling, out.mono), out)
 }

@@ -17,11 +17,32 @@ use crate::separator::Likelihood;
 pub enum Job {
     /// Split a mix into the model's stems.
     Separate { mix: AudioBuffer },
-    /// Generate the stems marked `None`, fitting the given ones (one entry per stem, stem order).
-    /// A stem that must stay silent is given as silence.
-    Impute { given: Vec<Option<AudioBuffer>> },
+    /// Generate the stems marked [`Given::Generate`], fitting the others (one entry per stem, in
+    /// stem order).
+    Impute { given: Vec<Given> },
     /// Generate every stem from nothing.
     Generate { seconds: f64, rate: u32, channels: usize },
+}
+
+/// One stem of an imputation job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Given {
+    /// Made by the model, fitting the other stems.
+    Generate,
+    /// Kept silent: given as silence as long as the given audio (so a shell never builds the
+    /// zeros itself, and "silence only" cannot be asked for: it has no length).
+    Silent,
+    /// Given as this audio; resampled and spread to the job's channels as needed.
+    Audio(AudioBuffer),
+}
+
+impl Given {
+    pub fn audio(&self) -> Option<&AudioBuffer> {
+        match self {
+            Given::Audio(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// Most sampler steps accepted (the paper uses 150-256; each step is a network call per window).

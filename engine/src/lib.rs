@@ -26,6 +26,7 @@ pub mod ops;
 pub mod sampler;
 pub mod schedule;
 pub mod separation;
+pub mod stems_io;
 pub mod separator;
 pub mod unet;
 pub mod train;

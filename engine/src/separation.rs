@@ -16,7 +16,7 @@
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::audio::{self, AudioBuffer, AudioReader, OverlapJoin, ResidualStream, StreamResampler};
+use crate::audio::{self, AudioBuffer, OverlapJoin, ResidualStream, StreamResampler};
 use crate::model_file::Model;
 use crate::noise::{window_seed, DeviceNoise};
 use crate::sampler::SamplerConfig;
@@ -24,120 +24,30 @@ use crate::separator::{self, Likelihood};
 use crate::job::{Progress, Settings};
 use crate::MODEL_RATE;
 
+pub use crate::stems_io::{BufferSink, BufferSource, FrameSource, StemSink};
+
 /// Cross-fade length between separation windows: 1/8 of a window.
 pub fn overlap(window: usize) -> usize {
     window / 8
 }
 
+/// How separation runs a mix of `len22` frames at the model's rate: its windows × channels in
+/// `count` near-equal batches of `size` items, at most `batch` (5 windows with batch 4 run as
+/// 3 + 2). The pipeline and the time prediction both plan with this, so the predicted
+/// calls are the calls made.
+pub(crate) struct Batches {
+    pub count: usize,
+    pub size: usize,
+}
+
+pub(crate) fn batches(len22: usize, window: usize, channels: usize, batch: usize) -> Batches {
+    let items = audio::plan(len22, window, overlap(window)).len() * channels;
+    let size = items.div_ceil(items.div_ceil(batch.max(1)).max(1)).max(1);
+    Batches { count: items.div_ceil(size), size }
+}
+
 /// Frames of the residual rule's energy frames (at the input rate).
 const RESIDUAL_FRAME: usize = 2048;
-
-/// Where the mix comes from, piece by piece.
-pub trait FrameSource {
-    fn rate(&self) -> u32;
-    fn channels(&self) -> usize;
-    /// The channel count of the stems: 1 with `mono`, else the source's.
-    fn output_channels(&self, mono: bool) -> usize {
-        if mono { self.channels().min(1) } else { self.channels() }
-    }
-    /// The total length in frames, if known in advance (for batching and progress).
-    fn frames_hint(&self) -> Option<usize>;
-    /// The next frames (planar, all channels the same length, checked finite), or `None` at the
-    /// end.
-    fn next_chunk(&mut self) -> Result<Option<Vec<Vec<f32>>>>;
-}
-
-impl FrameSource for AudioReader {
-    fn rate(&self) -> u32 {
-        AudioReader::rate(self)
-    }
-    fn channels(&self) -> usize {
-        AudioReader::channels(self)
-    }
-    fn frames_hint(&self) -> Option<usize> {
-        AudioReader::frames_hint(self)
-    }
-    fn next_chunk(&mut self) -> Result<Option<Vec<Vec<f32>>>> {
-        AudioReader::next_chunk(self)
-    }
-}
-
-/// An in-memory mix as a source (checked finite up front).
-pub struct BufferSource<'a> {
-    audio: &'a AudioBuffer,
-    pos: usize,
-    chunk: usize,
-}
-
-impl<'a> BufferSource<'a> {
-    pub fn new(audio: &'a AudioBuffer) -> Self {
-        Self { audio, pos: 0, chunk: 65_536 }
-    }
-
-    /// Hands the audio out `frames` at a time (default 65,536).
-    pub fn with_chunk(self, frames: usize) -> Self {
-        Self { chunk: frames.max(1), ..self }
-    }
-}
-
-impl FrameSource for BufferSource<'_> {
-    fn rate(&self) -> u32 {
-        self.audio.rate
-    }
-    fn channels(&self) -> usize {
-        self.audio.num_channels()
-    }
-    fn frames_hint(&self) -> Option<usize> {
-        Some(self.audio.frames())
-    }
-    fn next_chunk(&mut self) -> Result<Option<Vec<Vec<f32>>>> {
-        let n = self.audio.frames();
-        if self.pos >= n {
-            return Ok(None);
-        }
-        let end = self.pos.saturating_add(self.chunk).min(n);
-        let chunk = self.audio.channels.iter().map(|c| c[self.pos..end].to_vec()).collect();
-        self.pos = end;
-        Ok(Some(chunk))
-    }
-}
-
-/// Where finished stems go, piece by piece: `stems[stem][channel][frame]`, at the input's rate.
-pub trait StemSink {
-    fn write(&mut self, stems: Vec<Vec<Vec<f32>>>) -> Result<()>;
-}
-
-/// Collects the stems in memory.
-#[derive(Default)]
-pub struct BufferSink {
-    /// `stems[stem][channel]`
-    pub stems: Vec<Vec<Vec<f32>>>,
-}
-
-impl StemSink for BufferSink {
-    fn write(&mut self, stems: Vec<Vec<Vec<f32>>>) -> Result<()> {
-        if self.stems.is_empty() {
-            self.stems = stems;
-            return Ok(());
-        }
-        for (dst, src) in self.stems.iter_mut().zip(stems) {
-            for (d, s) in dst.iter_mut().zip(src) {
-                d.extend(s);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Writes stem `s` into the `s`-th WAV file.
-impl StemSink for Vec<audio::WavStreamWriter> {
-    fn write(&mut self, stems: Vec<Vec<Vec<f32>>>) -> Result<()> {
-        for (w, s) in self.iter_mut().zip(&stems) {
-            w.write(s)?;
-        }
-        Ok(())
-    }
-}
 
 /// What a separation measured.
 #[derive(Clone, Copy, Debug, Default)]
@@ -229,23 +139,20 @@ impl<'m> Pipeline<'m> {
         let overlap = overlap(window);
         let config = settings.sampler_config();
         let down = StreamResampler::new(rate, MODEL_RATE, channels)?;
-        // Near-equal batches from the expected length: 5 windows with batch 4 run as 3 + 2.
         let expected22 = source.frames_hint().map(|n| down.output_len(n));
-        let items = audio::plan(expected22.unwrap_or(window), window, overlap).len() * channels;
-        let batches = items.div_ceil(settings.batch.max(1));
-        let batch = items.div_ceil(batches.max(1)).max(1);
+        let batches = batches(expected22.unwrap_or(window), window, channels, settings.batch);
         let gaussian = matches!(settings.likelihood, Likelihood::Gaussian { .. });
         Ok(Self {
             model,
             settings: settings.clone(),
-            total_calls: items.div_ceil(batch) * config.calls(),
+            total_calls: batches.count * config.calls(),
             config,
             n_stems,
             rate,
             mono,
             window,
             hop: window - overlap.min(window / 2),
-            batch,
+            batch: batches.size,
             done_calls: 0,
             input_frames: 0,
             down,

@@ -1,6 +1,7 @@
 //! Streaming separation against the in-memory job, windows, batching and caps.
 
 use super::*;
+use crate::audio::AudioReader;
 use crate::config::ModelConfig;
 use crate::tasks::{self, Job};
 

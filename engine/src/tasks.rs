@@ -27,7 +27,7 @@ use crate::separation;
 use crate::separator;
 use crate::MODEL_RATE;
 
-pub use crate::job::{Job, Progress, Settings, StemSet, MAX_BATCH, MAX_RESAMPLES, MAX_STEPS};
+pub use crate::job::{Given, Job, Progress, Settings, StemSet, MAX_BATCH, MAX_RESAMPLES, MAX_STEPS};
 
 /// Runs a job. `progress` is called after every denoiser call; returning `false` cancels the run
 /// (the error's message is `cancelled`).
@@ -44,7 +44,7 @@ pub fn run(model: &Model, job: &Job, settings: &Settings, progress: &mut dyn FnM
             if *rate < 8000 || *rate > 384_000 || *channels == 0 || *channels > 64 {
                 bail!("generation needs a rate in 8–384 kHz and 1–64 channels");
             }
-            let frames = (seconds * *rate as f64).round() as usize;
+            let frames = generation_frames(*seconds, *rate);
             let silence = AudioBuffer::new(*rate, vec![vec![0.0; frames]; *channels]);
             let given = vec![None; model.num_stems()];
             run_sequential(model, &given, &silence, settings, progress)?
@@ -54,32 +54,42 @@ pub fn run(model: &Model, job: &Job, settings: &Settings, progress: &mut dyn FnM
     Ok(out)
 }
 
-/// The job's denoiser calls and the batch items in each: separation runs windows × channels in
-/// near-equal batches; generation and imputation run one window at a time with every channel in
-/// the batch.
+/// The job's denoiser calls and the batch items in each, from the same plans the runs use:
+/// separation runs windows × channels in near-equal batches ([`separation::batches`]);
+/// generation and imputation run one window at a time ([`sequential_windows`]) with every
+/// channel in the batch.
 fn plan_calls(model: &Model, job: &Job, settings: &Settings) -> (usize, usize) {
-    let frames22 = |frames: usize, rate: u32| ((frames as f64) * MODEL_RATE as f64 / rate.max(1) as f64).round() as usize;
     let per_window = settings.steps * settings.resamples;
     let window = model.window();
+    let channels = |ch: usize| if settings.mono { ch.min(1) } else { ch };
     match job {
         Job::Separate { mix } => {
-            let ch = if settings.mono { 1 } else { mix.num_channels().max(1) };
-            let items = audio::plan(frames22(mix.frames(), mix.rate), window, separation::overlap(window)).len() * ch;
-            let batches = items.div_ceil(settings.batch.max(1));
-            (batches * per_window, items.div_ceil(batches.max(1)))
+            let len22 = audio::resampled_len(mix.frames(), mix.rate, MODEL_RATE);
+            let b = separation::batches(len22, window, channels(mix.num_channels()).max(1), settings.batch);
+            (b.count * per_window, b.size)
         }
-        Job::Impute { given } => {
-            let first = given.iter().flatten().next();
-            let (frames, rate, ch) = first.map_or((0, MODEL_RATE, 1), |g| (g.frames(), g.rate, g.num_channels()));
-            let ch = if settings.mono { ch.min(1) } else { ch };
-            (audio::plan(frames22(frames, rate), window, sequential_overlap(window)).len() * per_window * usize::from(ch > 0), ch.max(1))
-        }
-        Job::Generate { seconds, channels, .. } => {
-            let frames = (seconds * MODEL_RATE as f64).round() as usize;
-            let ch = if settings.mono { 1 } else { (*channels).max(1) };
-            (audio::plan(frames, window, sequential_overlap(window)).len() * per_window, ch)
+        Job::Impute { given } => match given.iter().find_map(Given::audio) {
+            Some(g) => {
+                let len22 = audio::resampled_len(g.frames(), g.rate, MODEL_RATE);
+                (sequential_windows(len22, window).len() * per_window, channels(g.num_channels()).max(1))
+            }
+            None => (0, 1),
+        },
+        Job::Generate { seconds, rate, channels: ch } => {
+            let len22 = audio::resampled_len(generation_frames(*seconds, *rate), *rate, MODEL_RATE);
+            (sequential_windows(len22, window).len() * per_window, channels(*ch).max(1))
         }
     }
+}
+
+/// Frames of a generated take of `seconds` at `rate`.
+fn generation_frames(seconds: f64, rate: u32) -> usize {
+    (seconds * rate as f64).round() as usize
+}
+
+/// The windows generation and imputation run, one after another, over `len22` model-rate frames.
+fn sequential_windows(len22: usize, window: usize) -> audio::WindowPlan {
+    audio::plan(len22.max(1), window, sequential_overlap(window))
 }
 
 /// A render-time estimate in seconds: planned calls × the time of one sampler step at the job's
@@ -190,20 +200,23 @@ fn separate(model: &Model, mix: &AudioBuffer, settings: &Settings, progress: &mu
     })
 }
 
-fn impute(model: &Model, given: &[Option<AudioBuffer>], settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
+fn impute(model: &Model, given: &[Given], settings: &Settings, progress: &mut dyn FnMut(Progress) -> bool) -> Result<StemSet> {
     let n = model.num_stems();
     if given.len() != n {
         bail!("imputation needs one entry per stem ({n}), got {}", given.len());
     }
-    let present: Vec<&AudioBuffer> = given.iter().flatten().collect();
+    let present: Vec<&AudioBuffer> = given.iter().filter_map(Given::audio).collect();
     if present.is_empty() {
-        bail!("imputation needs at least one given stem (to generate everything, use generate)");
+        bail!(
+            "imputation needs at least one stem given as audio (silence alone gives no length; to generate \
+             everything, use generate)"
+        );
     }
-    if present.len() == n {
+    if !given.iter().any(|g| *g == Given::Generate) {
         bail!("every stem is given: there is nothing to generate");
     }
     for (i, g) in given.iter().enumerate() {
-        if let Some(g) = g {
+        if let Given::Audio(g) = g {
             check_audio(&format!("the given {} stem", model.meta.stems[i]), g)?;
         }
     }
@@ -213,8 +226,8 @@ fn impute(model: &Model, given: &[Option<AudioBuffer>], settings: &Settings, pro
     let mut aligned: Vec<Option<AudioBuffer>> = Vec::with_capacity(n);
     for g in given {
         aligned.push(match g {
-            None => None,
-            Some(g) => {
+            Given::Generate | Given::Silent => None,
+            Given::Audio(g) => {
                 let ch = if g.rate == rate { g.channels.clone() } else { audio::resample(&g.channels, g.rate, rate)? };
                 // mono given stems are spread to every channel
                 let ch = if ch.len() == channels { ch } else { vec![AudioBuffer::new(rate, ch).to_mono(); channels] };
@@ -229,6 +242,11 @@ fn impute(model: &Model, given: &[Option<AudioBuffer>], settings: &Settings, pro
         }
     }
     let shape = AudioBuffer::new(rate, vec![vec![0.0; frames]; channels]);
+    for (a, g) in aligned.iter_mut().zip(given) {
+        if *g == Given::Silent {
+            *a = Some(shape.clone());
+        }
+    }
     let mut out = run_sequential(model, &aligned, &shape, settings, progress)?;
     // Given stems come back exactly as given.
     for (i, g) in aligned.into_iter().enumerate() {
@@ -262,10 +280,10 @@ fn run_sequential(
         .iter()
         .map(|g| g.as_ref().map(|g| to_model_rate(&working_channels(g, settings.mono), rate)).transpose())
         .collect::<Result<_>>()?;
-    let len22 = ((shape.frames() as f64) * MODEL_RATE as f64 / rate as f64).round() as usize;
+    let len22 = audio::resampled_len(shape.frames(), rate, MODEL_RATE);
     let window = model.window();
     let ov = sequential_overlap(window);
-    let plan = audio::plan(len22.max(1), window, ov);
+    let plan = sequential_windows(len22, window);
     let config = settings.sampler_config();
     let total = plan.len() * config.calls();
     // result22[stem][channel]
@@ -396,9 +414,11 @@ mod tests {
 
     fn impute_and_generate(m: &Model) {
         let drums = tone(48_000, 6000, 2);
-        let given = vec![None, Some(drums.clone()), None, None];
+        let given = vec![Given::Generate, Given::Audio(drums.clone()), Given::Silent, Given::Generate];
         let out = run(m, &Job::Impute { given }, &quick(Settings::imputation()), &mut |_| true).unwrap();
         assert_eq!(out.stems[1], drums);
+        // a silent stem comes back as silence of the given stem's rate, length and channels
+        assert_eq!(out.stems[2], AudioBuffer::new(48_000, vec![vec![0.0; 6000]; 2]));
         assert_eq!((out.stems[0].rate, out.stems[0].frames(), out.stems[0].num_channels()), (48_000, 6000, 2));
         let g = run(m, &Job::Generate { seconds: 0.2, rate: 44_100, channels: 1 }, &quick(Settings::generation()), &mut |_| true)
             .unwrap();
@@ -415,6 +435,34 @@ mod tests {
     }
 
     #[test]
+    fn predicted_calls_are_the_calls_made() {
+        let m = tiny_model();
+        let stereo = tone(48_000, 9001, 2);
+        let jobs = [
+            (Job::Separate { mix: stereo.clone() }, Settings { batch: 3, ..quick(Settings::separation()) }),
+            (Job::Separate { mix: tone(44_100, 7000, 1) }, Settings { batch: 8, ..quick(Settings::separation()) }),
+            (
+                Job::Impute { given: vec![Given::Generate, Given::Audio(stereo), Given::Silent, Given::Generate] },
+                quick(Settings::imputation()),
+            ),
+            (Job::Generate { seconds: 0.17, rate: 44_100, channels: 1 }, quick(Settings::generation())),
+        ];
+        for (k, (job, settings)) in jobs.into_iter().enumerate() {
+            let mut calls = 0;
+            let mut last = None;
+            run(&m, &job, &settings, &mut |p| {
+                calls += 1;
+                last = Some(p);
+                true
+            })
+            .unwrap();
+            let (planned, _) = plan_calls(&m, &job, &settings);
+            assert!(calls > settings.steps, "one window only: the test would not see a batch plan");
+            assert_eq!((planned, last.map(|p| p.total)), (calls, Some(calls)), "job {k}");
+        }
+    }
+
+    #[test]
     fn cancel_and_bad_input_give_clear_errors() {
         let m = tiny_model();
         let mix = tone(22_050, 2000, 1);
@@ -426,7 +474,11 @@ mod tests {
         assert!(err.contains("invalid") || err.contains("NaN"), "{err}");
         let empty = AudioBuffer::new(22_050, vec![vec![]]);
         assert!(run(&m, &Job::Separate { mix: empty }, &Settings::separation(), &mut |_| true).is_err());
-        let all_given = vec![Some(mix.clone()), Some(mix.clone()), Some(mix.clone()), Some(mix)];
-        assert!(run(&m, &Job::Impute { given: all_given }, &Settings::imputation(), &mut |_| true).is_err());
+        let all_given = vec![Given::Audio(mix.clone()), Given::Silent, Given::Audio(mix.clone()), Given::Audio(mix)];
+        let err = run(&m, &Job::Impute { given: all_given }, &Settings::imputation(), &mut |_| true).unwrap_err();
+        assert!(err.to_string().contains("nothing to generate"), "{err}");
+        let only_silence = vec![Given::Generate, Given::Silent, Given::Silent, Given::Generate];
+        let err = run(&m, &Job::Impute { given: only_silence }, &Settings::imputation(), &mut |_| true).unwrap_err();
+        assert!(err.to_string().contains("silence alone gives no length"), "{err}");
     }
 }

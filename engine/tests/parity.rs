@@ -182,4 +182,17 @@ fn isdm_composes_single_stem_denoisers_in_stem_order() {
     // ISDM needs one-stem models
     let four = load(&fixture_dirs().into_iter().find(|d| d.ends_with("msdm_tiny4")).unwrap()).model;
     assert!(Model::isdm(vec![four, one()]).is_err());
+
+    // The same model named as a list of files (`--model a,b,c,d` in every shell).
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("one.safetensors");
+    single.save(&path, msdm::model_file::StoreDType::F32).unwrap();
+    let p = path.display().to_string();
+    let listed = Model::load_spec(Path::new(&[p.as_str(); 4].join(",")), &Device::Cpu).unwrap();
+    assert_eq!((listed.meta.stems.clone(), listed.id()), (isdm.meta.stems.clone(), isdm.id()));
+    assert_eq!(max_abs(&listed.stems_denoiser().denoise(&x, 0.2).unwrap(), &d), 0.0);
+    let empty = format!("{:#}", Model::load_spec(Path::new(&format!("{p},,{p},{p}")), &Device::Cpu).unwrap_err());
+    assert!(empty.contains("empty entry 2"), "{empty}");
+    let missing = format!("{:#}", Model::load_spec(Path::new(&format!("{p},{p},nope.safetensors,{p}")), &Device::Cpu).unwrap_err());
+    assert!(missing.contains("ISDM stem model 3") && missing.contains("nope.safetensors"), "{missing}");
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use msdm::audio::AudioBuffer;
 use msdm::ops::ComputePool;
-use msdm::tasks::{Job, Settings};
+use msdm::tasks::{Given, Job, Settings};
 
 use crate::cache::{render_key, Cache};
 use crate::params::{JobKind, Quality, Role};
@@ -96,15 +96,17 @@ pub fn build_job(spec: &RenderSpec, clip: Option<&Clip>, rate: u32, len: usize) 
             if spec.roles.iter().all(|r| *r != Role::Generate) {
                 bail!("Impute has nothing to generate: set at least one stem to Generate.");
             }
-            let n = clip.info.len;
+            if spec.roles.iter().all(|r| *r != Role::Given) {
+                bail!("Impute has nothing to fit: set at least one stem to Given (or use the Generate job).");
+            }
             let given = (0..4)
                 .map(|k| match spec.roles[k] {
-                    Role::Given => Some(AudioBuffer {
+                    Role::Given => Given::Audio(AudioBuffer {
                         rate: clip.info.rate,
                         channels: if clip.info.sidechains[k] { clip.sidechain(k) } else { clip.main() },
                     }),
-                    Role::Silent => Some(AudioBuffer { rate: clip.info.rate, channels: vec![vec![0.0; n]; 2] }),
-                    Role::Generate => None,
+                    Role::Silent => Given::Silent,
+                    Role::Generate => Given::Generate,
                 })
                 .collect();
             Ok(Job::Impute { given })
@@ -296,4 +298,43 @@ pub fn fit_stereo(mut channels: Vec<Vec<f32>>, len: usize) -> Vec<Vec<f32>> {
 /// Length in seconds of `bars` bars at `tempo` BPM with `beats_per_bar` quarter notes per bar.
 pub fn bars_to_seconds(bars: u32, tempo: f64, beats_per_bar: f64) -> f64 {
     bars as f64 * beats_per_bar * 60.0 / tempo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clip(len: usize) -> Clip {
+        let info = ClipRef {
+            hash: "ab".into(),
+            start: 0,
+            rate: 48_000,
+            len,
+            tempo: None,
+            beats_per_bar: None,
+            sidechains: [false, false, true, false],
+        };
+        Clip { info, audio: (0..10).map(|c| vec![c as f32 * 0.01; len]).collect() }
+    }
+
+    fn spec(roles: [Role; 4]) -> RenderSpec {
+        RenderSpec { job: JobKind::Impute, roles, quality: Quality::Draft, steps: 0, resamples: 0, bars: 4, seconds: 0.0, range: None }
+    }
+
+    #[test]
+    fn impute_jobs_take_given_silent_and_generated_stems_from_the_roles() {
+        use Role::*;
+        let c = clip(100);
+        let Job::Impute { given } = build_job(&spec([Generate, Given, Given, Silent]), Some(&c), 48_000, 100).unwrap() else {
+            panic!("not an imputation job");
+        };
+        assert_eq!(given[0], msdm::tasks::Given::Generate);
+        assert_eq!(given[1].audio().unwrap().channels, c.main());
+        assert_eq!(given[2].audio().unwrap().channels, c.sidechain(2));
+        assert_eq!(given[3], msdm::tasks::Given::Silent);
+        let nothing_to_fit = build_job(&spec([Generate, Silent, Silent, Generate]), Some(&c), 48_000, 100).unwrap_err();
+        assert!(nothing_to_fit.to_string().contains("set at least one stem to Given"), "{nothing_to_fit}");
+        let nothing_to_make = build_job(&spec([Given, Silent, Given, Silent]), Some(&c), 48_000, 100).unwrap_err();
+        assert!(nothing_to_make.to_string().contains("nothing to generate"), "{nothing_to_make}");
+    }
 }

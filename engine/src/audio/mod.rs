@@ -18,7 +18,7 @@ pub use decode::{
     MAX_DECODED_SAMPLES, MAX_SAMPLE_RATE,
 };
 pub use encode::{ensure_output_dir, write_file_atomic, write_wav, OutputPolicy, SampleFormat, WavStreamWriter};
-pub use resample::{resample, StreamResampler};
+pub use resample::{resample, resampled_len, StreamResampler};
 pub use residual::{distribute_residual, ResidualStream};
 pub use windows::{plan, OverlapJoin, WindowPlan};
 

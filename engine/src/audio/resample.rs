@@ -23,6 +23,12 @@ pub fn resample(channels: &[Vec<f32>], from: u32, to: u32) -> Result<Vec<Vec<f32
     Ok(out)
 }
 
+/// The length [`resample`] gives `n_in` frames at `from` Hz: `round(n_in * to / from)`, in
+/// integers (every job plans its windows with this, so plans and runs agree to the frame).
+pub fn resampled_len(n_in: usize, from: u32, to: u32) -> usize {
+    ((n_in as u128 * to as u128 + from.max(1) as u128 / 2) / from.max(1) as u128) as usize
+}
+
 /// [`resample`] for audio that arrives in pieces: [`push`](Self::push) each piece as it comes,
 /// then [`finish`](Self::finish). The concatenated output is bit-identical to [`resample`] of the
 /// concatenated input, whatever the pieces' lengths, and the resampler holds at most one filter
@@ -83,7 +89,7 @@ impl StreamResampler {
 
     /// The output length for `n_in` input frames: `round(n_in * to / from)`.
     pub fn output_len(&self, n_in: usize) -> usize {
-        ((n_in as u128 * self.to as u128 + self.from as u128 / 2) / self.from as u128) as usize
+        resampled_len(n_in, self.from, self.to)
     }
 
     /// Feeds the next frames (planar, every channel the same length) and returns the output
