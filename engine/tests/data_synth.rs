@@ -6,7 +6,7 @@ use msdm::data::synth::{self, arrange, midi, SynthOptions};
 use msdm::data::{ChunkedTracks, MultiSourceDataset};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
 use common::soundfont;
@@ -209,27 +209,4 @@ fn bad_inputs_give_clear_errors() {
     let o = SynthOptions::new(tmp.path(), tmp.path().join("nope.sf2"), "dev", 1);
     let e = format!("{:#}", synth::synthesize(&o, &|_, _| {}).unwrap_err());
     assert!(e.contains("validation"), "{e}");
-}
-
-/// Throughput with FluidR3 (the shipped-model data): `cargo test --release --test data_synth -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn speed_with_fluidr3() {
-    let sf = PathBuf::from("/usr/share/sounds/sf2/FluidR3_GM.sf2");
-    if !sf.is_file() {
-        eprintln!("no FluidR3");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let mut o = SynthOptions::new(tmp.path(), &sf, "train", 48);
-    o.threads = 0;
-    let r = synth::synthesize(&o, &|d, t| eprintln!("{d}/{t}")).unwrap();
-    eprintln!(
-        "{} tracks, {:.0} s of audio in {:.1} s: {:.1} tracks/min, {:.1} s audio/s (per stem set)",
-        r.tracks,
-        r.audio_seconds,
-        r.wall_seconds,
-        r.tracks as f64 * 60.0 / r.wall_seconds,
-        r.audio_seconds / r.wall_seconds
-    );
 }
