@@ -4,7 +4,7 @@
 //! - forward: `W[tap] · x` added into the output positions of the run;
 //! - input gradient: `Wⱼᵀ · g` added straight into the shifted input positions (no columns
 //!   buffer, no col2im);
-//! - weight gradient: `g · xⱼᵀ` per tap and batch item, accumulated in one buffer per worker (no
+//! - weight gradient: `g · xⱼᵀ` per tap and batch item, accumulated in one buffer per item (no
 //!   `[B, ·, ·]` weight gradient summed over the batch afterwards);
 //! - bias gradient: row sums.
 //!
@@ -26,7 +26,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{filled_rows, gemm_acc_serial, storage_f32, with_f32};
+use super::cpu::{filled_rows, gemm_acc_serial, storage_f32, sum_in_order, with_f32};
 use super::conv_small::{self, Tap};
 use super::{profile, simd};
 
@@ -153,24 +153,25 @@ impl Op {
         gx
     }
 
-    /// The weight gradient in the weight's own layout: each worker sums the products of its
-    /// batch items into a buffer of its own; the buffers are added and rearranged at the end.
+    /// The weight gradient in the weight's own layout: each batch item's products in a buffer of
+    /// its own, added in item order ([`sum_in_order`]) and rearranged at the end.
     #[allow(clippy::too_many_arguments)]
     fn weight_grad(&self, x: &[f32], g: &[f32], batch: usize, c_in: usize, len: usize, c_out: usize, k: usize, l_out: usize) -> Vec<f32> {
         let taps = self.taps(len, k, l_out);
         let block = c_out * c_in;
-        // Each worker's accumulator (per tap a column-major [C_out, C_in] block), and its buffer
-        // for one batch item's g transposed to [L_out, C_out]. gemm works column-major: with a
+        // Per item an accumulator (per tap a column-major [C_out, C_in] block), and per worker a
+        // buffer for one item's g transposed to [L_out, C_out]. gemm works column-major: with a
         // column-major destination and a left operand of unit row stride it reads g in place,
         // where otherwise it copies the whole long operand into its packed layout, serially, for
         // every tap (measured: a tenth of a training step).
-        let per_tap = (0..batch)
+        let parts: Vec<Vec<f32>> = (0..batch)
             .into_par_iter()
-            .fold(
-                || (vec![0f32; k * block], vec![0f32; l_out * c_out]),
-                |(mut acc, mut gt), b| {
+            .map_init(
+                || vec![0f32; l_out * c_out],
+                |gt, b| {
+                    let mut acc = vec![0f32; k * block];
                     let xb = &x[b * c_in * len..];
-                    transpose(&g[b * c_out * l_out..(b + 1) * c_out * l_out], c_out, l_out, &mut gt);
+                    transpose(&g[b * c_out * l_out..(b + 1) * c_out * l_out], c_out, l_out, gt);
                     for t in &taps {
                         // dW[tap](co, ci) += Σ_n g[co, o0 + n·ostep] · x[ci, i0 + n·istep]
                         // SAFETY: as in `forward`; the block of tap j lies inside `acc` (element
@@ -179,15 +180,11 @@ impl Op {
                             gemm_acc_serial(c_out, c_in, t.n, acc.as_mut_ptr().add(t.j * block), 1, c_out as isize, gt.as_ptr().add(t.o0 * c_out), 1, (t.ostep * c_out) as isize, xb.as_ptr().add(t.i0), t.istep as isize, len as isize);
                         }
                     }
-                    (acc, gt)
+                    acc
                 },
             )
-            .map(|(acc, _)| acc)
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            })
-            .unwrap_or_else(|| vec![0f32; k * block]);
+            .collect();
+        let per_tap = sum_in_order(parts, k * block);
         let mut gw = vec![0f32; block * k];
         let (w_ci, w_co) = self.weight_strides(c_in, c_out, k);
         for j in 0..k {

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::SendPtr;
+use super::cpu::{sum_in_order, SendPtr};
 use super::simd;
 
 /// (Shared with [`super::conv_grad`], which builds the runs.) A run of `n` (output, input) pairs of weight tap `j`: output `o0 + t·ostep` with input
@@ -78,27 +78,23 @@ pub fn input_grad(w: &[f32], g: &[f32], d: Dims, taps: &[Tap]) -> Vec<f32> {
 pub fn weight_grad(x: &[f32], g: &[f32], d: Dims, taps: &[Tap]) -> Vec<f32> {
     let Dims { batch, c_in, len, c_out, k, l_out } = d;
     let tiles = l_out.div_ceil(TILE);
-    (0..batch * tiles)
+    // one partial per (item, tile), added in order: the same sums whatever the threads
+    let parts: Vec<Vec<f32>> = (0..batch * tiles)
         .into_par_iter()
-        .fold(
-            || vec![0f32; c_out * c_in * k],
-            |mut gw, task| {
-                let (b, lo) = (task / tiles, (task % tiles) * TILE);
-                for t in taps {
-                    let Some((o, i, n)) = clip(t, lo, (lo + TILE).min(l_out), true) else { continue };
-                    for co in 0..c_out {
-                        let gr = &g[(b * c_out + co) * l_out + o..][..n];
-                        for ci in 0..c_in {
-                            gw[(co * c_in + ci) * k + t.j] += simd::dot(gr, &x[(b * c_in + ci) * len + i..][..n]);
-                        }
+        .map(|task| {
+            let mut gw = vec![0f32; c_out * c_in * k];
+            let (b, lo) = (task / tiles, (task % tiles) * TILE);
+            for t in taps {
+                let Some((o, i, n)) = clip(t, lo, (lo + TILE).min(l_out), true) else { continue };
+                for co in 0..c_out {
+                    let gr = &g[(b * c_out + co) * l_out + o..][..n];
+                    for ci in 0..c_in {
+                        gw[(co * c_in + ci) * k + t.j] += simd::dot(gr, &x[(b * c_in + ci) * len + i..][..n]);
                     }
                 }
-                gw
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+            }
+            gw
         })
-        .unwrap_or_else(|| vec![0f32; c_out * c_in * k])
+        .collect();
+    sum_in_order(parts, c_out * c_in * k)
 }

@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use super::cpu::sum_in_order;
 use super::{simd, NORM_EPS};
 
 /// `(dx, dg)`; per outer slice (in parallel) the statistics over D are vectors along `inner`.
@@ -21,62 +22,60 @@ pub fn backward(x: &[f32], g: &[f32], dy: &[f32], outer: usize, d: usize, inner:
     }
     let slice = d * inner;
     let mut dx = vec![0f32; outer * slice];
-    let dg = dx
+    // one partial dg per outer slice, added in order (the same sums whatever the threads)
+    let parts: Vec<Vec<f32>> = dx
         .par_chunks_mut(slice.max(1))
         .zip(x.par_chunks(slice.max(1)).zip(dy.par_chunks(slice.max(1))))
-        .fold(
-            || vec![0f32; d],
-            |mut dg, (dxo, (xo, dyo))| {
-                let inv_d = 1.0 / d as f32;
-                let (mut mean, mut var) = (vec![0f32; inner], vec![0f32; inner]);
-                for row in xo.chunks(inner) {
-                    mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v);
+        .map(|(dxo, (xo, dyo))| {
+            let mut dg = vec![0f32; d];
+            let inv_d = 1.0 / d as f32;
+            let (mut mean, mut var) = (vec![0f32; inner], vec![0f32; inner]);
+            for row in xo.chunks(inner) {
+                mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v);
+            }
+            mean.iter_mut().for_each(|m| *m *= inv_d);
+            for row in xo.chunks(inner) {
+                var.iter_mut().zip(row).zip(&mean).for_each(|((s, &v), &m)| *s += (v - m) * (v - m));
+            }
+            let rstd: Vec<f32> = var.iter().map(|&s| 1.0 / ((s * inv_d) as f64 + NORM_EPS).sqrt() as f32).collect();
+            // mean_D(dx̂) and mean_D(dx̂·x̂); dg
+            let (mut m1, mut m2) = (vec![0f32; inner], vec![0f32; inner]);
+            for (r, (row, dyr)) in xo.chunks(inner).zip(dyo.chunks(inner)).enumerate() {
+                let mut dgr = 0f32;
+                for i in 0..inner {
+                    let xh = (row[i] - mean[i]) * rstd[i];
+                    let dxh = dyr[i] * g[r];
+                    m1[i] += dxh;
+                    m2[i] += dxh * xh;
+                    dgr += dyr[i] * xh;
                 }
-                mean.iter_mut().for_each(|m| *m *= inv_d);
-                for row in xo.chunks(inner) {
-                    var.iter_mut().zip(row).zip(&mean).for_each(|((s, &v), &m)| *s += (v - m) * (v - m));
+                dg[r] += dgr;
+            }
+            for (r, ((row, dyr), dxr)) in xo.chunks(inner).zip(dyo.chunks(inner)).zip(dxo.chunks_mut(inner)).enumerate() {
+                for i in 0..inner {
+                    let xh = (row[i] - mean[i]) * rstd[i];
+                    dxr[i] = rstd[i] * (dyr[i] * g[r] - m1[i] * inv_d - xh * m2[i] * inv_d);
                 }
-                let rstd: Vec<f32> = var.iter().map(|&s| 1.0 / ((s * inv_d) as f64 + NORM_EPS).sqrt() as f32).collect();
-                // mean_D(dx̂) and mean_D(dx̂·x̂); dg
-                let (mut m1, mut m2) = (vec![0f32; inner], vec![0f32; inner]);
-                for (r, (row, dyr)) in xo.chunks(inner).zip(dyo.chunks(inner)).enumerate() {
-                    let mut dgr = 0f32;
-                    for i in 0..inner {
-                        let xh = (row[i] - mean[i]) * rstd[i];
-                        let dxh = dyr[i] * g[r];
-                        m1[i] += dxh;
-                        m2[i] += dxh * xh;
-                        dgr += dyr[i] * xh;
-                    }
-                    dg[r] += dgr;
-                }
-                for (r, ((row, dyr), dxr)) in xo.chunks(inner).zip(dyo.chunks(inner)).zip(dxo.chunks_mut(inner)).enumerate() {
-                    for i in 0..inner {
-                        let xh = (row[i] - mean[i]) * rstd[i];
-                        dxr[i] = rstd[i] * (dyr[i] * g[r] - m1[i] * inv_d - xh * m2[i] * inv_d);
-                    }
-                }
-                dg
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+            }
+            dg
         })
-        .unwrap_or_else(|| vec![0f32; d]);
-    (dx, dg)
+        .collect();
+    (dx, sum_in_order(parts, d))
 }
 
 /// [`backward`] over contiguous rows of `d` (the last axis): the reductions in SIMD lanes, the
 /// rest element-wise (vectorized), no per-row vectors.
 fn backward_rows(x: &[f32], g: &[f32], dy: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
     let mut dx = vec![0f32; x.len()];
-    let dg = dx
-        .par_chunks_mut(d.max(1))
-        .zip(x.par_chunks(d.max(1)).zip(dy.par_chunks(d.max(1))))
-        .fold(
-            || vec![0f32; d],
-            |mut dg, (dxr, (xr, dyr))| {
+    // one partial dg per block of PART_ROWS rows, added in order (the same sums whatever the
+    // threads)
+    let part = d.max(1) * PART_ROWS;
+    let parts: Vec<Vec<f32>> = dx
+        .par_chunks_mut(part)
+        .zip(x.par_chunks(part).zip(dy.par_chunks(part)))
+        .map(|(dxp, (xp, dyp))| {
+            let mut dg = vec![0f32; d];
+            for (dxr, (xr, dyr)) in dxp.chunks_mut(d.max(1)).zip(xp.chunks(d.max(1)).zip(dyp.chunks(d.max(1)))) {
                 let mean = (simd::sum(xr) / d as f64) as f32;
                 let rstd = 1.0 / (simd::centered_sq_sum(xr, mean) / d as f64 + NORM_EPS).sqrt() as f32;
                 // dx̂ = dy·g into dx first; Σ dx̂ and Σ dx̂·x̂ = r·(Σ dx̂·x − μ·Σ dx̂)
@@ -89,16 +88,15 @@ fn backward_rows(x: &[f32], g: &[f32], dy: &[f32], d: usize) -> (Vec<f32>, Vec<f
                     *dgv += dyv * xh;
                     *o = rstd * (*o - m1 - xh * m2);
                 }
-                dg
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+            }
+            dg
         })
-        .unwrap_or_else(|| vec![0f32; d]);
-    (dx, dg)
+        .collect();
+    (dx, sum_in_order(parts, d))
 }
+
+/// Rows per partial sum of the gain's gradient: enough work per task, few partials.
+const PART_ROWS: usize = 32;
 
 #[cfg(test)]
 mod tests {

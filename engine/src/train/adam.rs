@@ -6,6 +6,10 @@
 //! Update for a parameter p with gradient g at step t (1-based), in PyTorch's operation order:
 //! m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;
 //! p ← p − (lr / (1−β1^t)) · m / (√v / √(1−β2^t) + eps).
+//!
+//! For CPU f32 parameters the moments are plain buffers and a step, with the weight average if
+//! the run keeps one, is one pass per parameter ([`super::fused_step`]); elsewhere it is composed
+//! from candle ops, with the same numbers.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +18,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
+
+use super::ema::WeightAverage;
+use super::fused_step::{self, AdamFactors, Buffer};
 
 /// Adam's hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,8 +59,8 @@ impl AdamConfig {
 pub struct Adam {
     pub config: AdamConfig,
     params: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    m: Vec<Buffer>,
+    v: Vec<Buffer>,
     step: u64,
 }
 
@@ -63,6 +70,15 @@ const CONFIG_KEY: &str = "msdm.adam.config";
 impl Adam {
     /// Fresh moments (zeros) for `params`; names must be unique.
     pub fn new(params: Vec<(String, Var)>, config: AdamConfig) -> Result<Self> {
+        Self::with_buffers(params, config, Buffer::host_for)
+    }
+
+    /// [`Self::new`] that composes candle ops on every device (the fused step's test oracle).
+    pub fn composed(params: Vec<(String, Var)>, config: AdamConfig) -> Result<Self> {
+        Self::with_buffers(params, config, |_| false)
+    }
+
+    fn with_buffers(params: Vec<(String, Var)>, config: AdamConfig, host: fn(&Tensor) -> bool) -> Result<Self> {
         config.validate()?;
         let mut seen = std::collections::HashSet::new();
         for (n, _) in &params {
@@ -70,9 +86,15 @@ impl Adam {
                 bail!("Adam: parameter name '{n}' appears twice");
             }
         }
-        let m = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        let zeros = |p: &Var| Buffer::new(p.as_tensor().zeros_like()?, host(p.as_tensor()));
+        let m = params.iter().map(|(_, p)| zeros(p)).collect::<Result<Vec<_>>>()?;
+        let v = params.iter().map(|(_, p)| zeros(p)).collect::<Result<Vec<_>>>()?;
         Ok(Self { config, params, m, v, step: 0 })
+    }
+
+    /// Whether every step is the fused one-pass step (CPU f32 parameters).
+    pub fn is_fused(&self) -> bool {
+        self.m.iter().all(|b| matches!(b, Buffer::Host(_)))
     }
 
     /// Optimizer steps taken so far.
@@ -85,13 +107,20 @@ impl Adam {
     }
 
     /// The moments of parameter `i` (first, second).
-    pub fn moments(&self, i: usize) -> (&Tensor, &Tensor) {
-        (&self.m[i], &self.v[i])
+    pub fn moments(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        let p = self.params[i].1.as_tensor();
+        Ok((self.m[i].to_tensor(p)?, self.v[i].to_tensor(p)?))
     }
 
     /// One update from `grads`. Every parameter must have a gradient: a missing one means the
     /// graph does not reach it (a bug: a no-backward op, a detached tensor), never silently skipped.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step_and_average(grads, None)
+    }
+
+    /// [`Self::step`], then folds the new weights into `average` (in the same pass where the
+    /// parameters live on the CPU).
+    pub fn step_and_average(&mut self, grads: &GradStore, average: Option<&mut WeightAverage>) -> Result<()> {
         let mut gs = Vec::with_capacity(self.params.len());
         for (name, p) in &self.params {
             let g = grads.get(p.as_tensor()).with_context(|| {
@@ -99,29 +128,48 @@ impl Adam {
             })?;
             gs.push(g.clone());
         }
-        self.apply(&gs)
+        self.apply(&gs, average)
     }
 
-    /// One update from gradients given in parameter order.
-    pub fn apply(&mut self, grads: &[Tensor]) -> Result<()> {
+    /// One update from gradients given in parameter order, and the average's, if any.
+    pub fn apply(&mut self, grads: &[Tensor], mut average: Option<&mut WeightAverage>) -> Result<()> {
         if grads.len() != self.params.len() {
             bail!("Adam: {} gradients for {} parameters", grads.len(), self.params.len());
+        }
+        if average.as_ref().is_some_and(|a| a.len() != self.params.len()) {
+            bail!("Adam: the weight average does not match the parameters");
         }
         let AdamConfig { lr, beta1, beta2, eps } = self.config;
         self.step += 1;
         let t = self.step as i32;
+        let decay = average.as_ref().map(|a| a.state.decay_at(self.step));
         let bc1 = 1.0 - beta1.powi(t);
         let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         let step_size = lr / bc1;
         for (i, ((_, p), g)) in self.params.iter().zip(grads).enumerate() {
             let g = g.to_dtype(p.dtype())?.detach();
-            let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
-            let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
-            let update = ((&m / &denom)? * step_size)?;
-            p.set(&(p.as_tensor().detach() - update)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let avg = average.as_deref_mut().map(|a| a.buffer_mut(i));
+            match (&mut self.m[i], &mut self.v[i], avg) {
+                (Buffer::Host(m), Buffer::Host(v), None) => {
+                    fused_step::step_in_place(p.as_tensor(), &g, m, v, None, AdamFactors::new(&self.config, t))?
+                }
+                (Buffer::Host(m), Buffer::Host(v), Some(Buffer::Host(a))) => {
+                    let avg = Some((a.as_mut_slice(), decay.unwrap_or(0.0) as f32));
+                    fused_step::step_in_place(p.as_tensor(), &g, m, v, avg, AdamFactors::new(&self.config, t))?
+                }
+                (Buffer::Device(m_i), Buffer::Device(v_i), avg) => {
+                    let m = ((&*m_i * beta1)? + (&g * (1.0 - beta1))?)?;
+                    let v = ((&*v_i * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                    let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
+                    let update = ((&m / &denom)? * step_size)?;
+                    p.set(&(p.as_tensor().detach() - update)?)?;
+                    (*m_i, *v_i) = (m, v);
+                    if let Some(a) = avg {
+                        WeightAverage::fold_in(a, p.as_tensor(), decay.unwrap_or(0.0))?;
+                    }
+                }
+                _ => bail!("Adam: parameter {i}'s moments and average are of different kinds"),
+            }
         }
         Ok(())
     }
@@ -131,8 +179,9 @@ impl Adam {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
         for (i, (name, _)) in self.params.iter().enumerate() {
-            tensors.push((format!("m.{name}"), self.m[i].to_device(&Device::Cpu)?));
-            tensors.push((format!("v.{name}"), self.v[i].to_device(&Device::Cpu)?));
+            let (m, v) = self.moments(i)?;
+            tensors.push((format!("m.{name}"), m.to_device(&Device::Cpu)?));
+            tensors.push((format!("v.{name}"), v.to_device(&Device::Cpu)?));
         }
         let mut md = HashMap::new();
         md.insert(STEP_KEY.to_string(), self.step.to_string());
@@ -175,7 +224,7 @@ impl Adam {
                 if t.dims() != p.dims() {
                     bail!("optimizer moment '{key}' has shape {:?}, the parameter {:?}", t.dims(), p.dims());
                 }
-                *slot = t.to_dtype(p.dtype())?.to_device(p.device())?;
+                *slot = Buffer::new(t.to_dtype(p.dtype())?.to_device(p.device())?, matches!(slot, Buffer::Host(_)))?;
             }
         }
         adam.step = step;

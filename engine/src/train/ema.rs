@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::fused_step::Buffer;
 use super::net::TrainableNet;
 use crate::model_file::{Model, ModelMeta};
 use crate::ops::cpu::storage_f32;
@@ -40,17 +41,32 @@ impl EmaState {
     }
 }
 
-/// The averaged weights, in the order of the network's variables.
+/// The averaged weights, in the order of the network's variables (host buffers for CPU f32
+/// weights, which Adam's fused step updates in its pass).
 pub struct WeightAverage {
     pub state: EmaState,
-    tensors: Vec<Tensor>,
+    tensors: Vec<Buffer>,
 }
 
 impl WeightAverage {
     /// Starts the average from the network's current weights at `step`.
     pub fn start(net: &TrainableNet, decay: f64, step: u64) -> Result<Self> {
+        Self::start_with(net, decay, step, Buffer::host_for)
+    }
+
+    /// [`Self::start`] kept as tensors on every device (with [`super::Adam::composed`]: the fused
+    /// step's test oracle).
+    pub fn start_composed(net: &TrainableNet, decay: f64, step: u64) -> Result<Self> {
+        Self::start_with(net, decay, step, |_| false)
+    }
+
+    fn start_with(net: &TrainableNet, decay: f64, step: u64, host: fn(&Tensor) -> bool) -> Result<Self> {
         EmaState::check_decay(decay)?;
-        let tensors = net.vars.iter().map(|(_, v)| Ok(v.as_tensor().detach().copy()?)).collect::<Result<_>>()?;
+        let tensors = net
+            .vars
+            .iter()
+            .map(|(_, v)| Buffer::new(v.as_tensor().detach().copy()?, host(v.as_tensor())))
+            .collect::<Result<_>>()?;
         Ok(Self { state: EmaState { decay, since_step: step }, tensors })
     }
 
@@ -69,16 +85,45 @@ impl WeightAverage {
             if t.dims() != var.dims() {
                 bail!("the saved weight average's '{name}' has shape {:?}, the network's {:?}", t.dims(), var.dims());
             }
-            tensors.push(t.to_dtype(var.dtype())?.to_device(var.device())?.copy()?);
+            tensors.push(Buffer::new(t.to_dtype(var.dtype())?.to_device(var.device())?.copy()?, Buffer::host_for(var.as_tensor()))?);
         }
         Ok(Self { state, tensors })
     }
 
-    /// Folds in the weights after the optimizer step that brought the run to `step`.
+    /// Folds in the weights after the optimizer step that brought the run to `step` (training
+    /// folds them in within Adam's step instead: [`super::Adam::step_and_average`]).
     pub fn update(&mut self, net: &TrainableNet, step: u64) -> Result<()> {
         let d = self.state.decay_at(step);
         for (avg, (_, var)) in self.tensors.iter_mut().zip(&net.vars) {
-            *avg = moving_average(avg, &var.as_tensor().detach(), d)?;
+            Self::fold_in(avg, var.as_tensor(), d)?;
+        }
+        Ok(())
+    }
+
+    /// Number of averaged tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub(super) fn buffer_mut(&mut self, i: usize) -> &mut Buffer {
+        &mut self.tensors[i]
+    }
+
+    /// `avg ← avg·d + w·(1 − d)`.
+    pub(super) fn fold_in(avg: &mut Buffer, w: &Tensor, d: f64) -> Result<()> {
+        match avg {
+            Buffer::Device(t) => *t = moving_average(t, &w.detach(), d)?,
+            Buffer::Host(a) => {
+                let w = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let d = d as f32;
+                for (a, w) in a.iter_mut().zip(&w) {
+                    *a = *a * d + w * (1.0 - d);
+                }
+            }
         }
         Ok(())
     }
@@ -86,7 +131,8 @@ impl WeightAverage {
     /// The averaged weights as a model (f32, CPU).
     pub fn to_model(&self, net: &TrainableNet, meta: ModelMeta) -> Result<Model> {
         let mut map = std::collections::HashMap::with_capacity(self.tensors.len());
-        for ((name, _), t) in net.vars.iter().zip(&self.tensors) {
+        for ((name, var), t) in net.vars.iter().zip(&self.tensors) {
+            let t = t.to_tensor(var.as_tensor())?;
             map.insert(name.clone(), t.to_dtype(candle_core::DType::F32)?.to_device(&candle_core::Device::Cpu)?);
         }
         Model::from_tensors(net.config.clone(), meta, map)
@@ -143,14 +189,16 @@ mod tests {
         let cfg = ModelConfig::tiny();
         let net = TrainableNet::random(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
         let mut avg = WeightAverage::start(&net, 0.5, 0).unwrap();
-        let before: Vec<Vec<f32>> = avg.tensors.iter().map(|t| t.flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let values = |a: &WeightAverage| -> Vec<Vec<f32>> {
+            a.tensors.iter().zip(&net.vars).map(|(t, (_, v))| t.to_tensor(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect()
+        };
+        let before = values(&avg);
         // move the weights: w ← 3·w + 1
         for (_, v) in &net.vars {
             v.set(&v.as_tensor().affine(3.0, 1.0).unwrap()).unwrap();
         }
         avg.update(&net, 1).unwrap(); // decay_at(1) = min(0.5, 0.1) = 0.1
-        for (t, b) in avg.tensors.iter().zip(&before) {
-            let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        for (got, b) in values(&avg).iter().zip(&before) {
             for (g, w) in got.iter().zip(b) {
                 let want = 0.1 * w + 0.9 * (3.0 * w + 1.0);
                 assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "{g} vs {want}");
@@ -159,10 +207,7 @@ mod tests {
         let meta = ModelMeta { window: cfg.length_multiple(), stems: cfg.default_stems(), info: serde_json::json!({}) };
         let m = avg.to_model(&net, meta).unwrap();
         let back = WeightAverage::from_model(&m, &net, avg.state).unwrap();
-        for (a, b) in avg.tensors.iter().zip(&back.tensors) {
-            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert_eq!(d, 0.0);
-        }
+        assert_eq!(values(&avg), values(&back));
         // an average of another config is refused
         let other = Model::random(ModelConfig { channels: 32, ..cfg.clone() }, 1, &Device::Cpu).unwrap();
         assert!(WeightAverage::from_model(&other, &net, avg.state).is_err());

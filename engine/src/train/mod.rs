@@ -8,8 +8,8 @@
 //! - [`loss_stage`]: the loss's last stage (preconditioning, clamp, weighted squared error) as one
 //!   op with its backward (CPU f32);
 //! - [`adam`]: Adam (not AdamW) with saveable moments;
-//! - [`ema`]: the moving average of the weights (an extra output; the reference has none), updated
-//!   in one pass;
+//! - [`ema`]: the moving average of the weights (an extra output; the reference has none);
+//! - [`fused_step`]: Adam and the average in one pass per parameter (CPU f32);
 //! - [`net`]: the network's weights as trainable variables (any float dtype);
 //! - [`seeds`]: per-step random streams and the epoch order of the items;
 //! - [`run`]: the run directory (checkpoint files, CSV log, settings);
@@ -21,6 +21,7 @@
 
 pub mod adam;
 pub mod ema;
+pub mod fused_step;
 pub mod loss;
 pub mod loss_stage;
 pub mod net;

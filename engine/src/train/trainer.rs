@@ -313,11 +313,8 @@ impl Trainer {
             );
         }
         let grads = loss.backward()?;
-        self.adam.step(&grads)?;
+        self.adam.step_and_average(&grads, self.ema.as_mut())?;
         self.state.step += 1;
-        if let Some(ema) = &mut self.ema {
-            ema.update(&self.net, self.state.step)?;
-        }
         Ok(value)
     }
 
