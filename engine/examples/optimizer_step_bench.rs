@@ -7,6 +7,7 @@ use msdm::config::ModelConfig;
 use msdm::train::{Adam, AdamConfig, TrainableNet, WeightAverage};
 
 fn main() -> anyhow::Result<()> {
+    msdm::ops::configure_cpu_threads(); // as `msdm train` does
     let rounds: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(8);
     let cfg = ModelConfig::small();
     let nets = [0, 1].map(|_| TrainableNet::random(&cfg, 1, DType::F32, &Device::Cpu));
