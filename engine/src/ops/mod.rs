@@ -15,7 +15,9 @@
 //! | [`Path::Composite`] | anything else | candle ops only: gradients on every device and dtype |
 //!
 //! So gradients come from [`Path::CpuGrad`] or [`Path::Composite`] only, and every form is tested
-//! against the composite one. `MSDM_OPS=composite` in the environment (or [`set_fast_kernels`])
+//! against the composite one. `MSDM_OPS=candle` in the environment makes every call composite (and
+//! training's fused loss stage and optimizer step too: whole runs against candle's ops alone).
+//! `MSDM_OPS=composite` in the environment (or [`set_fast_kernels`])
 //! turns the inference kernels off. What each op has on each path (one file per op family, its
 //! CPU and CUDA forms side by side; "composite" where an op has no form of its own there):
 //!
@@ -98,7 +100,7 @@ pub use group_norm::{group_norm_scale_shift_silu, group_norm_scale_shift_silu_co
 pub use layer_norm::{layer_norm_no_bias, layer_norm_no_bias_composite};
 pub use linear::{linear, linear_composite};
 pub use patch::{patch, unpatch, upsample_nearest};
-pub use path::{fast_kernels, path_for, set_fast_kernels, Path};
+pub use path::{composite_only, fast_kernels, path_for, set_fast_kernels, Path};
 pub use threads::{configure_cpu_threads, on_workers, ComputePool};
 
 /// Group-norm epsilon and layer-norm epsilon of the reference (PyTorch defaults).

@@ -25,6 +25,9 @@ pub enum Path {
 
 /// The path for a call with these inputs (weights and biases included).
 pub fn path_for(inputs: &[&Tensor]) -> Path {
+    if composite_only() {
+        return Path::Composite;
+    }
     if inputs.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32) {
         return if fast_kernels() && inputs.iter().all(|t| !t.track_op()) { Path::FastCpu } else { Path::CpuGrad };
     }
@@ -35,7 +38,7 @@ pub fn path_for(inputs: &[&Tensor]) -> Path {
     Path::Composite
 }
 
-/// 0: not yet decided (read `MSDM_OPS`), 1: fast kernels on, 2: off.
+/// 0: not yet decided (read `MSDM_OPS`), 1: fast kernels on, 2: off, 3: candle's ops only.
 static FAST: AtomicU8 = AtomicU8::new(0);
 
 /// Turns the inference kernels ([`Path::FastCpu`], [`Path::Cuda`]) on or off for the whole
@@ -47,13 +50,28 @@ pub fn set_fast_kernels(on: bool) {
 
 /// Whether the inference kernels are enabled.
 pub fn fast_kernels() -> bool {
+    mode() == 1
+}
+
+/// Every call takes [`Path::Composite`], and training's fused loss stage and optimizer step
+/// compose candle ops too: `MSDM_OPS=candle`, so that a whole training run can be compared with
+/// one on candle's ops alone (docs/speed.md: the 200-step loss curves).
+pub fn composite_only() -> bool {
+    mode() == 3
+}
+
+fn mode() -> u8 {
     match FAST.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = std::env::var("MSDM_OPS").map_or(true, |v| v != "composite");
-            set_fast_kernels(on);
-            on
+        0 => {
+            let mode = match std::env::var("MSDM_OPS").as_deref() {
+                Ok("composite") => 2,
+                Ok("candle") => 3,
+                _ => 1,
+            };
+            // a concurrent first call decides the same
+            let _ = FAST.compare_exchange(0, mode, Ordering::Relaxed, Ordering::Relaxed);
+            FAST.load(Ordering::Relaxed)
         }
+        m => m,
     }
 }

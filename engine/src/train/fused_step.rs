@@ -26,7 +26,7 @@ pub enum Buffer {
 impl Buffer {
     /// Whether a parameter's buffers live on the host and take the fused step.
     pub fn host_for(p: &Tensor) -> bool {
-        matches!(p.device(), Device::Cpu) && p.dtype() == DType::F32
+        matches!(p.device(), Device::Cpu) && p.dtype() == DType::F32 && !crate::ops::composite_only()
     }
 
     /// `t` (already in the parameter's dtype and on its device) as a buffer of that kind.

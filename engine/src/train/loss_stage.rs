@@ -35,7 +35,7 @@ impl EdmLossCoefficients {
 
 /// Whether [`edm_item_losses`] runs for these tensors (else the caller composes candle ops).
 pub fn fused_loss_applies(f: &Tensor) -> bool {
-    matches!(f.device(), Device::Cpu) && f.dtype() == DType::F32
+    matches!(f.device(), Device::Cpu) && f.dtype() == DType::F32 && !crate::ops::composite_only()
 }
 
 /// Per-item losses `[B]` (see the module doc); `f`, `x_noisy`, `x` are `[B, C, T]` f32 on the CPU.
