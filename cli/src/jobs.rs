@@ -246,6 +246,9 @@ pub fn impute(given: &[String], out: &OutputArgs, sampling: &SamplingArgs) -> Re
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    for note in Given::alignment_notes(&model.meta.stems, &given) {
+        eprintln!("note: {note}");
+    }
     let job = Job::Impute { given };
     let base = Settings::for_job(&job, &model);
     run_takes(&model, &job, &settings(base, sampling, out.mono), out)

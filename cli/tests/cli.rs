@@ -79,6 +79,15 @@ fn impute_and_generate_with_takes() {
     assert_eq!(b1.frames(), given.frames());
     assert_ne!(b1, b2, "takes use different seeds");
 
+    // a given stem at another rate and length is resampled and padded, and the user is told
+    let other = repo().join("tests/fixtures/audio/sine_44k1_stereo_i16.wav");
+    let text = ok(&[
+        "impute", "--given", &format!("drums={}", s(&drums)), "--given", &format!("guitar={}", s(&other)), "-o",
+        s(&tmp.path().join("mixed")), "--model", s(&model), "--steps", "2", "-q",
+    ]);
+    assert!(text.contains("note: the given guitar stem is at 44100 Hz: resampled to 48000 Hz"), "{text}");
+    assert!(text.contains("padded with silence"), "{text}");
+
     let gen = tmp.path().join("gen");
     ok(&["generate", "-o", s(&gen), "--model", s(&model), "--seconds", "0.5", "--rate", "48000", "--steps", "3", "-q"]);
     let g = read_audio(&gen.join("guitar.wav")).unwrap();

@@ -43,6 +43,31 @@ impl Given {
             _ => None,
         }
     }
+
+    /// What imputation will do to given stems that do not match each other (`names`: the stems'
+    /// names, in the order of `given`), one line each for the user: stems at another rate than
+    /// the first given one are resampled to it; shorter ones are padded with silence to the
+    /// longest (the stems made are as long as the longest given one).
+    pub fn alignment_notes(names: &[String], given: &[Given]) -> Vec<String> {
+        let audio: Vec<(&str, &AudioBuffer)> =
+            names.iter().zip(given).filter_map(|(n, g)| g.audio().map(|a| (n.as_str(), a))).collect();
+        let Some(&(first, reference)) = audio.first() else {
+            return Vec::new();
+        };
+        let seconds = |a: &AudioBuffer| a.frames() as f64 / a.rate.max(1) as f64;
+        let longest = audio.iter().map(|(_, a)| seconds(a)).fold(0.0, f64::max);
+        let mut notes = Vec::new();
+        for &(name, a) in &audio {
+            if a.rate != reference.rate {
+                notes.push(format!("the given {name} stem is at {} Hz: resampled to {} Hz (the rate of {first})", a.rate, reference.rate));
+            }
+            // shorter by more than a millisecond (rounding of resampled lengths is not worth a note)
+            if seconds(a) + 1e-3 < longest {
+                notes.push(format!("the given {name} stem is {:.3} s long: padded with silence to {longest:.3} s (the longest given stem)", seconds(a)));
+            }
+        }
+        notes
+    }
 }
 
 /// Most sampler steps accepted (the paper uses 150-256; each step is a network call per window).
@@ -210,3 +235,21 @@ pub struct StemSet {
     pub seconds: f64,
 }
 
+#[cfg(test)]
+mod given_tests {
+    use super::*;
+
+    #[test]
+    fn given_stems_of_other_rates_and_lengths_get_a_note_each() {
+        let names: Vec<String> = crate::STEMS.iter().map(|s| s.to_string()).collect();
+        let a = |rate: u32, frames: usize| Given::Audio(AudioBuffer::new(rate, vec![vec![0.1; frames]]));
+        let same = [Given::Generate, a(48_000, 4800), Given::Silent, a(48_000, 4800)];
+        assert!(Given::alignment_notes(&names, &same).is_empty());
+        let mixed = [Given::Generate, a(48_000, 4800), a(44_100, 4410), a(48_000, 9600)];
+        let notes = Given::alignment_notes(&names, &mixed);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes[0].contains("drums stem is 0.100 s long: padded with silence to 0.200 s"), "{notes:?}");
+        assert!(notes[1].contains("guitar stem is at 44100 Hz: resampled to 48000 Hz (the rate of drums)"), "{notes:?}");
+        assert!(notes[2].contains("guitar stem is 0.100 s long"), "{notes:?}");
+    }
+}
