@@ -151,11 +151,11 @@ impl Adam {
             let avg = average.as_deref_mut().map(|a| a.buffer_mut(i));
             match (&mut self.m[i], &mut self.v[i], avg) {
                 (Buffer::Host(m), Buffer::Host(v), None) => {
-                    fused_step::step_in_place(p.as_tensor(), &g, m, v, None, AdamFactors::new(&self.config, t))?
+                    fused_step::step_in_place(p.as_tensor(), &g, m, v, None, AdamFactors::new(lr, beta1, beta2, eps, t))?
                 }
                 (Buffer::Host(m), Buffer::Host(v), Some(Buffer::Host(a))) => {
                     let avg = Some((a.as_mut_slice(), decay.unwrap_or(0.0) as f32));
-                    fused_step::step_in_place(p.as_tensor(), &g, m, v, avg, AdamFactors::new(&self.config, t))?
+                    fused_step::step_in_place(p.as_tensor(), &g, m, v, avg, AdamFactors::new(lr, beta1, beta2, eps, t))?
                 }
                 (Buffer::Device(m_i), Buffer::Device(v_i), avg) => {
                     let m = ((&*m_i * beta1)? + (&g * (1.0 - beta1))?)?;
@@ -235,6 +235,10 @@ impl Adam {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ModelConfig;
+    use crate::model_file::ModelMeta;
+    use crate::train::TrainableNet;
+    use candle_core::DType;
 
     fn var(v: &[f32]) -> Var {
         Var::from_tensor(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap()
@@ -306,5 +310,52 @@ mod tests {
         let q = var(&[1.0]);
         let err = Adam::load(vec![("other".into(), q)], cfg, &path).err().unwrap().to_string();
         assert!(err.contains("another model") || err.contains("shape"), "{err}");
+    }
+
+    /// The fused step against the composed candle ops: same weights, moments and average, value
+    /// for value, over several steps of a real network's parameters (sizes from 1 to above a chunk).
+    #[test]
+    fn fused_step_gives_the_composed_numbers() {
+        let cfg = ModelConfig { channels: 48, ..ModelConfig::tiny() };
+        let nets = [1, 2].map(|_| TrainableNet::random(&cfg, 7, DType::F32, &Device::Cpu).unwrap());
+        let sizes: Vec<usize> = nets[0].vars.iter().map(|(_, v)| v.elem_count()).collect();
+        // sizes from a few values to several of the fused step's parallel chunks (16,384 values)
+        assert!(sizes.iter().any(|&n| n > 2 << 14) && sizes.iter().any(|&n| n < 100), "{sizes:?}");
+        let config = AdamConfig { lr: 3e-3, ..AdamConfig::default() };
+        let mut fused = Adam::new(nets[0].vars.clone(), config).unwrap();
+        let mut composed = Adam::composed(nets[1].vars.clone(), config).unwrap();
+        let mut avg_fused = WeightAverage::start(&nets[0], 0.9, 0).unwrap();
+        let mut avg_composed = WeightAverage::start_composed(&nets[1], 0.9, 0).unwrap();
+        assert!(fused.is_fused() && !composed.is_fused());
+        for t in 1..=4 {
+            // gradients of all signs and scales, some exactly zero
+            let grads: Vec<Tensor> = nets[0]
+                .vars
+                .iter()
+                .map(|(_, v)| {
+                    let n = v.elem_count();
+                    let x = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap();
+                    let g = ((x * (0.37 * t as f64)).unwrap().sin().unwrap() * (10f64).powi(t - 3)).unwrap();
+                    let g = g.broadcast_mul(&Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().affine(1.0, 0.0).unwrap().clamp(0f32, 1f32).unwrap()).unwrap();
+                    g.reshape(v.dims()).unwrap()
+                })
+                .collect();
+            fused.apply(&grads, Some(&mut avg_fused)).unwrap();
+            composed.apply(&grads, Some(&mut avg_composed)).unwrap();
+        }
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, ((name, a), (_, b))) in nets[0].vars.iter().zip(&nets[1].vars).enumerate() {
+            assert_eq!(values(a.as_tensor()), values(b.as_tensor()), "weights of {name}");
+            let (ma, va) = fused.moments(i).unwrap();
+            let (mb, vb) = composed.moments(i).unwrap();
+            assert_eq!((values(&ma), values(&va)), (values(&mb), values(&vb)), "moments of {name}");
+        }
+        let meta = || ModelMeta { window: cfg.length_multiple(), stems: cfg.default_stems(), info: serde_json::json!({}) };
+        let (ea, eb) = (avg_fused.to_model(&nets[0], meta()).unwrap(), avg_composed.to_model(&nets[1], meta()).unwrap());
+        let eb: std::collections::HashMap<_, _> = eb.tensors().iter().cloned().collect();
+        for (name, t) in ea.tensors() {
+            assert_eq!(values(t), values(&eb[name]), "average of {name}");
+        }
+        assert_eq!(fused.step_count(), 4);
     }
 }

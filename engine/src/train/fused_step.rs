@@ -13,7 +13,6 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor};
 use rayon::prelude::*;
 
-use super::adam::AdamConfig;
 use crate::ops::cpu::storage_f32;
 
 /// A parameter-shaped buffer: plain memory for CPU f32 parameters (the fused step updates it in
@@ -56,16 +55,17 @@ pub struct AdamFactors {
 }
 
 impl AdamFactors {
-    pub fn new(c: &AdamConfig, t: i32) -> Self {
-        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+    /// From Adam's learning rate, betas and eps.
+    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, t: i32) -> Self {
+        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         Self {
-            beta1: c.beta1 as f32,
-            one_minus_beta1: (1.0 - c.beta1) as f32,
-            beta2: c.beta2 as f32,
-            one_minus_beta2: (1.0 - c.beta2) as f32,
+            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
             inv_bias2: (1.0 / bias2_sqrt) as f32,
-            eps: c.eps as f32,
-            step_size: (c.lr / (1.0 - c.beta1.powi(t))) as f32,
+            eps: eps as f32,
+            step_size: (lr / (1.0 - beta1.powi(t))) as f32,
         }
     }
 }
@@ -135,59 +135,5 @@ impl InplaceOp2 for FusedStep<'_> {
             None => chunks.for_each(|c| update(c, None)),
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::{Adam, TrainableNet, WeightAverage};
-    use super::*;
-    use crate::config::ModelConfig;
-    use crate::model_file::ModelMeta;
-
-    /// The fused step against the composed candle ops: same weights, moments and average, value
-    /// for value, over several steps of a real network's parameters (sizes from 1 to above a chunk).
-    #[test]
-    fn fused_step_gives_the_composed_numbers() {
-        let cfg = ModelConfig { channels: 48, ..ModelConfig::tiny() };
-        let nets = [1, 2].map(|_| TrainableNet::random(&cfg, 7, DType::F32, &Device::Cpu).unwrap());
-        let sizes: Vec<usize> = nets[0].vars.iter().map(|(_, v)| v.elem_count()).collect();
-        assert!(sizes.iter().any(|&n| n > 2 * CHUNK) && sizes.iter().any(|&n| n % CHUNK != 0 && n < 100), "{sizes:?}");
-        let config = AdamConfig { lr: 3e-3, ..AdamConfig::default() };
-        let mut fused = Adam::new(nets[0].vars.clone(), config).unwrap();
-        let mut composed = Adam::composed(nets[1].vars.clone(), config).unwrap();
-        let mut avg_fused = WeightAverage::start(&nets[0], 0.9, 0).unwrap();
-        let mut avg_composed = WeightAverage::start_composed(&nets[1], 0.9, 0).unwrap();
-        assert!(fused.is_fused() && !composed.is_fused());
-        for t in 1..=4 {
-            // gradients of all signs and scales, some exactly zero
-            let grads: Vec<Tensor> = nets[0]
-                .vars
-                .iter()
-                .map(|(_, v)| {
-                    let n = v.elem_count();
-                    let x = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap();
-                    let g = ((x * (0.37 * t as f64)).unwrap().sin().unwrap() * (10f64).powi(t - 3)).unwrap();
-                    let g = g.broadcast_mul(&Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().affine(1.0, 0.0).unwrap().clamp(0f32, 1f32).unwrap()).unwrap();
-                    g.reshape(v.dims()).unwrap()
-                })
-                .collect();
-            fused.apply(&grads, Some(&mut avg_fused)).unwrap();
-            composed.apply(&grads, Some(&mut avg_composed)).unwrap();
-        }
-        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for (i, ((name, a), (_, b))) in nets[0].vars.iter().zip(&nets[1].vars).enumerate() {
-            assert_eq!(values(a.as_tensor()), values(b.as_tensor()), "weights of {name}");
-            let (ma, va) = fused.moments(i).unwrap();
-            let (mb, vb) = composed.moments(i).unwrap();
-            assert_eq!((values(&ma), values(&va)), (values(&mb), values(&vb)), "moments of {name}");
-        }
-        let meta = || ModelMeta { window: cfg.length_multiple(), stems: cfg.default_stems(), info: serde_json::json!({}) };
-        let (ea, eb) = (avg_fused.to_model(&nets[0], meta()).unwrap(), avg_composed.to_model(&nets[1], meta()).unwrap());
-        let eb: std::collections::HashMap<_, _> = eb.tensors().iter().cloned().collect();
-        for (name, t) in ea.tensors() {
-            assert_eq!(values(t), values(&eb[name]), "average of {name}");
-        }
-        assert_eq!(fused.step_count(), 4);
     }
 }
