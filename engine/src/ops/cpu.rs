@@ -68,7 +68,6 @@ pub struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// A vector of `rows · len` floats, row `r` filled with `value(r)` (in parallel).
 /// Adds partial sums in the order of their parts. Parallel reductions collect one partial per
 /// fixed part of the work (a batch item, a block of rows), never per worker: rayon's `fold`
 /// splits the work by scheduling, so its sums, and with them the gradients, would change from
@@ -82,6 +81,7 @@ pub fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     out
 }
 
+/// A vector of `rows · len` floats, row `r` filled with `value(r)` (in parallel).
 pub fn filled_rows(rows: usize, len: usize, value: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
     let mut v: Vec<f32> = Vec::with_capacity(rows * len);
     v.spare_capacity_mut().par_chunks_mut(len.max(1)).enumerate().for_each(|(r, row)| {
