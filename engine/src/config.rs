@@ -23,18 +23,33 @@ impl Default for SigmaDistribution {
 /// - `conditional`: a random non-empty proper subset of the stems clean (σ = 0, no loss), the
 ///   others at one σ (imputation with the given stems clean);
 /// - `independent`: one σ per stem, drawn independently (the marginals and everything between).
+///
+/// Two optional knobs shape the conditional items towards the product's main use, one stem made
+/// to fit the other three (absent, they keep the first recipe):
+/// - `one_left`: the share of conditional items with exactly one stem noisy (the rest draw a
+///   uniform subset; with 4 stems the one-left case is then 4 of the 14 subsets);
+/// - `conditional_sigma`: the σ distribution of the noisy stems of conditional items, so that
+///   training can spend them at the noise levels where imputation decides pitch and onsets.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StemTaskMix {
     pub joint: f64,
     pub conditional: f64,
     pub independent: f64,
+    #[serde(default, skip_serializing_if = "is_zero_share")]
+    pub one_left: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditional_sigma: Option<SigmaDistribution>,
+}
+
+fn is_zero_share(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for StemTaskMix {
     /// Tilted towards conditional items (the reading notes suggest 0.5 / 0.35 / 0.15): the
     /// network starts from a joint model, and imputation is what it has not learned.
     fn default() -> Self {
-        Self { joint: 0.4, conditional: 0.45, independent: 0.15 }
+        Self { joint: 0.4, conditional: 0.45, independent: 0.15, one_left: 0.0, conditional_sigma: None }
     }
 }
 
@@ -371,6 +386,14 @@ impl ModelConfig {
             if m.conditional > 0.0 && self.in_channels < 2 {
                 bail!("model config: conditional training items need at least two stems");
             }
+            if !(0.0..=1.0).contains(&m.one_left) {
+                bail!("model config: `stem_tasks.one_left` is a share of the conditional items, in [0, 1]; got {}", m.one_left);
+            }
+            if let Some(d) = m.conditional_sigma {
+                if !(d.mean.is_finite() && d.std.is_finite() && d.std >= 0.0) {
+                    bail!("model config: `stem_tasks.conditional_sigma` needs a finite mean and a non-negative std, got {d:?}");
+                }
+            }
         }
         Ok(())
     }
@@ -466,5 +489,15 @@ mod tests {
         // the per-stem σ fine-tuning (issue 15): wide-sigma with the stem embedding and the task mixture
         let stems = ModelConfig { stem_sigmas: true, stem_tasks: Some(StemTaskMix::default()), ..wide };
         assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas.json")).unwrap(), stems);
+        // its second recipe: more conditional items, half of them one stem left, at σ ~ LogNormal(−1.2, 1)
+        let mix = StemTaskMix {
+            joint: 0.3,
+            conditional: 0.6,
+            independent: 0.1,
+            one_left: 0.5,
+            conditional_sigma: Some(SigmaDistribution { mean: -1.2, std: 1.0 }),
+        };
+        let v2 = ModelConfig { stem_tasks: Some(mix), ..stems };
+        assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v2.json")).unwrap(), v2);
     }
 }

@@ -52,15 +52,23 @@ pub fn draw_stem_noise<R: Rng + ?Sized>(
         let task = if u < mix.joint || channels < 2 {
             StemTask::Joint
         } else if u < mix.joint + mix.conditional {
-            // uniform over the 2^C − 2 non-empty proper subsets
-            StemTask::Conditional { given: rng.random_range(1..(1u32 << channels) - 1) }
+            let all = (1u32 << channels) - 1;
+            // `one_left` of them make exactly one stem (the extra draw only happens when the knob
+            // is set, so a mix without it draws exactly as before); the others are uniform over
+            // the 2^C − 2 non-empty proper subsets
+            let given = if mix.one_left > 0.0 && rng.random::<f64>() < mix.one_left {
+                all & !(1 << rng.random_range(0..channels))
+            } else {
+                rng.random_range(1..all)
+            };
+            StemTask::Conditional { given }
         } else {
             StemTask::Independent
         };
         match task {
             StemTask::Joint => sigmas.extend(std::iter::repeat_n(draw_sigma(rng, dist), channels)),
             StemTask::Conditional { given } => {
-                let s = draw_sigma(rng, dist);
+                let s = draw_sigma(rng, mix.conditional_sigma.unwrap_or(dist));
                 sigmas.extend((0..channels).map(|c| if given >> c & 1 == 1 { 0.0 } else { s }));
             }
             StemTask::Independent => sigmas.extend((0..channels).map(|_| draw_sigma(rng, dist))),
@@ -79,7 +87,7 @@ mod tests {
     #[test]
     fn the_mixture_draws_each_task_at_its_share_with_the_right_sigmas() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
-        let mix = StemTaskMix { joint: 0.4, conditional: 0.45, independent: 0.15 };
+        let mix = StemTaskMix { joint: 0.4, conditional: 0.45, independent: 0.15, ..StemTaskMix::default() };
         let (n, c) = (20_000, 4);
         let d = draw_stem_noise(&mut rng, SigmaDistribution { mean: -2.0, std: 1.8 }, mix, n, c, 1);
         assert_eq!((d.tasks.len(), d.sigmas.len(), d.noise.len()), (n, n * c, n * c));
@@ -117,6 +125,34 @@ mod tests {
         let logs: Vec<f64> = d.tasks.iter().enumerate().filter(|(_, t)| **t == StemTask::Joint).map(|(i, _)| (d.sigmas[i * c] as f64).ln()).collect();
         let mean = logs.iter().sum::<f64>() / logs.len() as f64;
         assert!((mean + 2.0).abs() < 0.06, "log-mean {mean}");
+    }
+
+    #[test]
+    fn conditional_items_can_leave_one_stem_and_take_their_own_sigmas() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let cond = SigmaDistribution { mean: -0.5, std: 0.7 };
+        let mix = StemTaskMix { joint: 0.3, conditional: 0.6, independent: 0.1, one_left: 0.5, conditional_sigma: Some(cond) };
+        let (n, c) = (20_000, 4);
+        let d = draw_stem_noise(&mut rng, SigmaDistribution { mean: -2.0, std: 1.8 }, mix, n, c, 1);
+        let (mut conditional, mut one_left, mut logs, mut joint_logs) = (0usize, 0usize, Vec::new(), Vec::new());
+        for (i, t) in d.tasks.iter().enumerate() {
+            let s = &d.sigmas[i * c..(i + 1) * c];
+            match *t {
+                StemTask::Conditional { given } => {
+                    conditional += 1;
+                    one_left += usize::from(given.count_ones() == 3);
+                    logs.push((s.iter().copied().fold(0.0, f32::max) as f64).ln());
+                }
+                StemTask::Joint => joint_logs.push((s[0] as f64).ln()),
+                StemTask::Independent => {}
+            }
+        }
+        // half of them by the knob, and the uniform half hits the 4 one-left subsets of 14
+        let share = one_left as f64 / conditional as f64;
+        assert!((share - (0.5 + 0.5 * 4.0 / 14.0)).abs() < 0.02, "one-left share {share}");
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!((mean(&logs) + 0.5).abs() < 0.03, "conditional log-mean {}", mean(&logs));
+        assert!((mean(&joint_logs) + 2.0).abs() < 0.1, "joint log-mean {}", mean(&joint_logs));
     }
 
     #[test]
