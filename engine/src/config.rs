@@ -30,7 +30,11 @@ impl Default for SigmaDistribution {
 ///   uniform subset; with 4 stems the one-left case is then 4 of the 14 subsets);
 /// - `conditional_sigma`: the σ distribution of the noisy stems of conditional items, so that
 ///   training can spend them at the noise levels where imputation decides pitch and onsets.
+///
+/// Unknown keys are refused here (not in the rest of the config, which reads reference files):
+/// a misspelt knob, or a config newer than the binary, must not train the old recipe silently.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StemTaskMix {
     pub joint: f64,
     pub conditional: f64,
@@ -499,5 +503,9 @@ mod tests {
         };
         let v2 = ModelConfig { stem_tasks: Some(mix), ..stems };
         assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v2.json")).unwrap(), v2);
+        // a misspelt knob is refused, not ignored
+        let text = std::fs::read_to_string(format!("{dir}/stem-sigmas-v2.json")).unwrap().replace("one_left", "one-left");
+        let err = format!("{:#}", serde_json::from_str::<ModelConfig>(&text).unwrap_err());
+        assert!(err.contains("one-left"), "{err}");
     }
 }
