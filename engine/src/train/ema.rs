@@ -119,10 +119,7 @@ impl WeightAverage {
             Buffer::Device(t) => *t = moving_average(t, &w.detach(), d)?,
             Buffer::Host(a) => {
                 let w = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                let d = d as f32;
-                for (a, w) in a.iter_mut().zip(&w) {
-                    *a = *a * d + w * (1.0 - d);
-                }
+                super::fused_step::fold_in(a, &w, d as f32);
             }
         }
         Ok(())

@@ -125,9 +125,7 @@ impl InplaceOp2 for FusedStep<'_> {
                 p[i] -= (m[i] / denom) * f.step_size;
             }
             if let Some(avg) = avg {
-                for (a, w) in avg.iter_mut().zip(p.iter()) {
-                    *a = *a * d + w * (1.0 - d);
-                }
+                fold_in(avg, p, d);
             }
         };
         match avg {
@@ -135,5 +133,13 @@ impl InplaceOp2 for FusedStep<'_> {
             None => chunks.for_each(|c| update(c, None)),
         }
         Ok(())
+    }
+}
+
+/// `avg ← avg·d + w·(1 − d)` in place: the weight average's update (the fused step's, and
+/// [`super::WeightAverage`]'s for host buffers).
+pub fn fold_in(avg: &mut [f32], w: &[f32], d: f32) {
+    for (a, w) in avg.iter_mut().zip(w) {
+        *a = *a * d + w * (1.0 - d);
     }
 }
