@@ -226,6 +226,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         },
         msdm::device::describe(&device)
     );
+    if let Some(sd) = s.config.loss_sigma_data {
+        eprintln!(
+            "loss weighted as for stems of RMS {sd} (loss_sigma_data; the model's σ_data is {}); validation keeps the model's",
+            s.config.diffusion_sigma_data
+        );
+    }
 
     let stop = stop_flag();
     let interactive = !args.quiet && std::io::stderr().is_terminal();

@@ -80,6 +80,13 @@ fn the_training_configs_are_the_small_preset_with_the_documented_changes() {
     };
     let v2 = ModelConfig { stem_tasks: Some(mix), ..stems };
     assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v2.json")).unwrap(), v2);
+    // its third: the second with the loss weighted for the stems' RMS (0.05) instead of σ_data 0.2
+    let v3 = ModelConfig { loss_sigma_data: Some(0.05), ..v2.clone() };
+    assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v3.json")).unwrap(), v3);
+    for bad in [0.0, -0.1, f64::NAN] {
+        let err = ModelConfig { loss_sigma_data: Some(bad), ..v2.clone() }.validate().unwrap_err().to_string();
+        assert!(err.contains("loss_sigma_data"), "{err}");
+    }
     // a misspelt knob is refused, not ignored
     let text = std::fs::read_to_string(format!("{dir}/stem-sigmas-v2.json")).unwrap().replace("one_left", "one-left");
     let err = format!("{:#}", serde_json::from_str::<ModelConfig>(&text).unwrap_err());

@@ -231,3 +231,48 @@ fn guidance_moves_the_generated_stems_only_and_needs_a_per_stem_model() {
     let err = run(1.0, &reference.denoiser).unwrap_err().to_string();
     assert!(err.contains("one noise level per stem"), "{err}");
 }
+
+/// `loss_sigma_data`: the loss weight w(σ) = (σ² + s²)/(σ·s)² with the stems' RMS s instead of the
+/// model's σ_d. Items with one σ scale by w_s(σ)/w_σd(σ) (more than 1 above the stems' RMS); the
+/// fused and composed losses still agree; the reference-style path (one σ per item) too.
+#[test]
+fn the_loss_can_be_weighted_for_the_stems_rms() {
+    let ratio = |s: f64, sd: f64| msdm::train::loss_weight(s, 0.05) / msdm::train::loss_weight(s, sd);
+    let close = |a: f32, b: f64| ((a as f64) - b).abs() <= 2e-5 * b.abs().max(1e-3);
+    let cfg = per_stem();
+    let net = TrainableNet::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    let sd = net.denoiser.sigma_data;
+    let plain: Vec<f32> = item_losses(&net.denoiser, &stem_batch(&cfg, DType::F32)).unwrap().to_vec1().unwrap();
+    let batch = stem_batch(&cfg, DType::F32).weighted_as(Some(0.05));
+    let fused: Vec<f32> = item_losses(&net.denoiser, &batch).unwrap().to_vec1().unwrap();
+    let composed: Vec<f32> = item_losses_composite(&net.denoiser, &batch).unwrap().to_vec1().unwrap();
+    // item 0: joint at σ 0.3; item 1: conditional, its noisy stems at σ 0.8
+    for (i, s) in [(0, 0.3), (1, 0.8)] {
+        assert!(ratio(s, sd) > 5.0);
+        assert!(close(fused[i], plain[i] as f64 * ratio(s, sd)), "item {i}: {} vs {} × {}", fused[i], plain[i], ratio(s, sd));
+    }
+    assert!(fused[2] > plain[2], "the independent item (σ up to 1.5) weighs more");
+    for (a, p) in fused.iter().zip(&composed) {
+        assert!(close(*a, *p as f64), "{a} vs {p}");
+    }
+
+    // one σ per item (a reference-style model)
+    let cfg = ModelConfig::tiny();
+    let net = TrainableNet::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    let t = 2 * cfg.length_multiple();
+    let n = 2 * cfg.in_channels * t;
+    let make = || {
+        let x: Vec<f32> = SeededNoise::new(21).standard_normal(n).iter().map(|v| 0.1 * v).collect();
+        let draw = msdm::train::NoiseDraw { sigmas: vec![0.01, 0.6], noise: SeededNoise::new(22).standard_normal(n) };
+        LossBatch::new(x, cfg.in_channels, draw, DType::F32, &Device::Cpu).unwrap()
+    };
+    let plain: Vec<f32> = item_losses(&net.denoiser, &make()).unwrap().to_vec1().unwrap();
+    let weighted = make().weighted_as(Some(0.05));
+    let fused: Vec<f32> = item_losses(&net.denoiser, &weighted).unwrap().to_vec1().unwrap();
+    let composed: Vec<f32> = item_losses_composite(&net.denoiser, &weighted).unwrap().to_vec1().unwrap();
+    for (i, s) in [(0, 0.01), (1, 0.6)] {
+        assert!(close(fused[i], plain[i] as f64 * ratio(s, sd)), "item {i}");
+        assert!(close(composed[i], fused[i] as f64), "item {i}: composed {} fused {}", composed[i], fused[i]);
+    }
+    assert!(ratio(0.6, sd) > 10.0 && ratio(0.01, sd) < 1.1, "the weight moves to high σ only");
+}

@@ -9,6 +9,10 @@
 //! of the loss, and each item's loss is the mean over its noisy stems,
 //! loss_b = Σ_{c noisy} w(σ_bc) · mean_T (D − x)² / n_noisy,b (the reference's loss when every stem
 //! shares one σ).
+//!
+//! The weight's σ_d is the denoiser's unless the batch carries its own ([`LossBatch::weighted_as`],
+//! the config's `loss_sigma_data`): that moves the training effort between noise levels without
+//! touching the model.
 
 use candle_core::{DType, Device, Result, Tensor};
 use rand::Rng;
@@ -50,6 +54,8 @@ pub struct LossBatch {
     pub x: Tensor,
     pub sigmas: Tensor,
     pub noise: Tensor,
+    /// σ_d of the loss weight w(σ); `None`: the denoiser's.
+    pub weight_sigma_data: Option<f64>,
 }
 
 impl LossBatch {
@@ -69,6 +75,7 @@ impl LossBatch {
             x: mk(x, &[b, channels, t])?,
             sigmas: mk(draw.sigmas, &[b])?,
             noise: mk(draw.noise, &[b, channels, t])?,
+            weight_sigma_data: None,
         })
     }
 
@@ -89,7 +96,18 @@ impl LossBatch {
             x: mk(x, &[b, channels, t])?,
             sigmas: mk(draw.sigmas, &[b, channels])?,
             noise: mk(draw.noise, &[b, channels, t])?,
+            weight_sigma_data: None,
         })
+    }
+
+    /// The same batch with its losses weighted as for data of RMS `sigma_data` (`None`: the denoiser's σ_d).
+    pub fn weighted_as(self, sigma_data: Option<f64>) -> Self {
+        Self { weight_sigma_data: sigma_data, ..self }
+    }
+
+    /// σ_d of the loss weight.
+    fn weight_sd(&self, denoiser: &EdmDenoiser) -> f64 {
+        self.weight_sigma_data.unwrap_or(denoiser.sigma_data)
     }
 
     /// σ broadcastable against `[B, C, T]`.
@@ -106,7 +124,12 @@ impl LossBatch {
 
     /// Items `start..start+len` of this batch.
     pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
-        Ok(Self { x: self.x.narrow(0, start, len)?, sigmas: self.sigmas.narrow(0, start, len)?, noise: self.noise.narrow(0, start, len)? })
+        Ok(Self {
+            x: self.x.narrow(0, start, len)?,
+            sigmas: self.sigmas.narrow(0, start, len)?,
+            noise: self.noise.narrow(0, start, len)?,
+            weight_sigma_data: self.weight_sigma_data,
+        })
     }
 }
 
@@ -120,10 +143,11 @@ pub fn item_losses(denoiser: &EdmDenoiser, batch: &LossBatch) -> Result<Tensor> 
     }
     let (b, c) = (batch.batch_size(), batch.x.dim(1)?);
     let sd = denoiser.sigma_data as f32;
+    let wd = batch.weight_sd(denoiser);
     let dev = batch.x.device();
     let x_noisy = (&batch.x + batch.noise.broadcast_mul(&batch.sigma_column()?)?)?;
     if batch.sigmas.rank() == 2 {
-        let rows = StemRows::new(&batch.sigmas.to_vec2()?, sd)?;
+        let rows = StemRows::new(&batch.sigmas.to_vec2()?, sd, wd)?;
         let c_noise = Tensor::from_vec(rows.c_noise, b, dev)?;
         let stem_noise = Tensor::from_vec(rows.stem_noise, (b, c), dev)?;
         let c_in = Tensor::from_vec(rows.c_in, (b, c, 1), dev)?;
@@ -137,7 +161,7 @@ pub fn item_losses(denoiser: &EdmDenoiser, batch: &LossBatch) -> Result<Tensor> 
         let (k_skip, k_out, k_in, k_noise) = edm_coefficients(s, sd);
         skip.push(k_skip);
         out.push(k_out);
-        weight.push(loss_weight(s as f64, sd as f64) as f32);
+        weight.push(loss_weight(s as f64, wd) as f32);
         c_in.push(k_in);
         c_noise.push(k_noise);
     }
@@ -157,7 +181,8 @@ struct StemRows {
 }
 
 impl StemRows {
-    fn new(sigmas: &[Vec<f32>], sd: f32) -> Result<Self> {
+    /// `sd`: the denoiser's σ_d (preconditioning); `wd`: the loss weight's.
+    fn new(sigmas: &[Vec<f32>], sd: f32, wd: f64) -> Result<Self> {
         let mut r = StemRows { k: EdmLossCoefficients { c_skip: vec![], c_out: vec![], weight: vec![] }, c_in: vec![], c_noise: vec![], stem_noise: vec![] };
         for item in sigmas {
             let top = item.iter().copied().fold(0f32, f32::max);
@@ -168,7 +193,7 @@ impl StemRows {
             r.c_noise.push(edm_coefficients(top, sd).3);
             for &s in item {
                 let (skip, out, inp, _) = edm_coefficients(s, sd);
-                let w = if s > 0.0 { loss_weight(s as f64, sd as f64) * item.len() as f64 / noisy as f64 } else { 0.0 };
+                let w = if s > 0.0 { loss_weight(s as f64, wd) * item.len() as f64 / noisy as f64 } else { 0.0 };
                 r.k.c_skip.push(skip);
                 r.k.c_out.push(out);
                 r.k.weight.push(w as f32);
@@ -186,12 +211,12 @@ pub fn item_losses_composite(denoiser: &EdmDenoiser, batch: &LossBatch) -> Resul
     let denoised = denoiser.denoise_sigmas(&x_noisy, &batch.sigmas)?;
     if batch.sigmas.rank() == 2 {
         let sigmas = batch.sigmas.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-        let sd = denoiser.sigma_data;
+        let wd = batch.weight_sd(denoiser);
         let w: Vec<f64> = sigmas
             .iter()
             .flat_map(|item| {
                 let noisy = item.iter().filter(|&&s| s > 0.0).count().max(1) as f64;
-                item.iter().map(move |&s| if s > 0.0 { loss_weight(s, sd) * item.len() as f64 / noisy } else { 0.0 })
+                item.iter().map(move |&s| if s > 0.0 { loss_weight(s, wd) * item.len() as f64 / noisy } else { 0.0 })
             })
             .collect();
         let w = Tensor::from_vec(w, batch.sigmas.dims(), batch.x.device())?.to_dtype(batch.x.dtype())?.unsqueeze(2)?;
@@ -199,8 +224,8 @@ pub fn item_losses_composite(denoiser: &EdmDenoiser, batch: &LossBatch) -> Resul
     }
     let mse = (denoised - &batch.x)?.sqr()?.flatten_from(1)?.mean(1)?;
     // w = (σ² + σ_d²) · (σ·σ_d)^-2, computed on the tensor (no gradient flows into σ anyway).
-    let sd = denoiser.sigma_data;
-    let w = ((batch.sigmas.sqr()? + sd * sd)? / (&batch.sigmas * sd)?.sqr()?)?;
+    let wd = batch.weight_sd(denoiser);
+    let w = ((batch.sigmas.sqr()? + wd * wd)? / (&batch.sigmas * wd)?.sqr()?)?;
     mse * w
 }
 

@@ -130,6 +130,7 @@ impl Trainer {
                 network.beta1 = settings.config.beta1;
                 network.beta2 = settings.config.beta2;
                 network.stem_tasks = settings.config.stem_tasks;
+                network.loss_sigma_data = settings.config.loss_sigma_data;
                 let add_stem_embedding = settings.config.stem_sigmas && !model.config.stem_sigmas;
                 network.stem_sigmas |= add_stem_embedding;
                 if network != settings.config {
@@ -264,13 +265,15 @@ impl Trainer {
     }
 
     /// The batch of step `step`: item indices from the epoch order, then shifts, σ and ε from the
-    /// step's own stream.
+    /// step's own stream. Its losses are weighted as the config's `loss_sigma_data` asks;
+    /// validation keeps the plain EDM weight, so validation losses compare across recipes.
     fn batch_for_step(&mut self, step: u64) -> Result<LossBatch> {
         let s = &self.state.settings;
         let indices = self.sampler.indices(step);
         let mut rng = seeds::stream(s.seed, Purpose::Step, step);
         let x = self.train_data.batch(&indices, &mut rng)?;
-        self.to_loss_batch(x, &mut rng)
+        let weight_sd = s.config.loss_sigma_data;
+        Ok(self.to_loss_batch(x, &mut rng)?.weighted_as(weight_sd))
     }
 
     fn to_loss_batch(&self, x: Vec<f32>, rng: &mut rand_chacha::ChaCha20Rng) -> Result<LossBatch> {
