@@ -17,9 +17,16 @@ Scores (higher is better; all energy-weighted over frames, so silence does not c
 - rhythm lock: correlation of the bass's onset strength (log spectral flux, 11.6 ms hop) with the
   drums' onset strength, the drums widened by +-2 frames (+-23 ms).
 
+Two diagnostics tell "wrong notes" from "no clear notes" (chord tones near chance can be either):
+- pitched: share of each frame's pitch-class power on its three strongest pitch classes,
+  energy-weighted (about 0.25 for noise, 0.8-0.95 for our songs' bass lines);
+- level:   RMS in dBFS (guidance, for one, makes the imputed stem louder than the song's own).
+
 Usage (the venv needs numpy and soundfile):
   python tools/eval/musicality.py --data /work/data/evalset/test --tracks 10 [--stem bass|guitar|piano] \
-      [--model M.safetensors] [--msdm target/release/msdm] [--out /tmp/musicality] [-- extra impute args]
+      [--model M.safetensors] [--msdm target/release/msdm] [--out /tmp/musicality] [--score-only] \
+      [-- extra impute args]
+(--score-only scores the stems an earlier run left in --out, without imputing again.)
 (--stem guitar or piano imputes that stem from the other three and scores it the same way.)
 Prints a Markdown table and, as its last line, JSON.
 """
@@ -108,12 +115,24 @@ def rhythm_lock(bass, drums):
     return float(np.corrcoef(b, d)[0, 1])
 
 
+def pitched(c):
+    """Energy-weighted share of each frame's pitch-class power on its three strongest classes."""
+    total = c.sum()
+    return float(np.sort(c, axis=1)[:, -3:].sum() / total) if total > 0 else float("nan")
+
+
+def level_db(x):
+    return float(10 * np.log10(max(float(np.mean(np.square(x, dtype=np.float64))), 1e-12)))
+
+
 def scores(bass, drums, meta):
     c, t = chroma(bass)
     return {
         "chord_tones": share_on(c, chord_mask(meta, t)),
         "in_key": share_on(c, key_mask(meta, t)),
         "rhythm_lock": rhythm_lock(bass, drums),
+        "pitched": pitched(c),
+        "level_db": level_db(bass),
     }
 
 
@@ -127,6 +146,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=24.0, help="score the first this many seconds of each track")
     ap.add_argument("--stem", default="bass", choices=["bass", "guitar", "piano"],
                     help="the stem to impute from the other three (default bass)")
+    ap.add_argument("--score-only", action="store_true", help="score what an earlier run left in --out; do not impute")
     ap.add_argument("impute_args", nargs="*", help="extra `msdm impute` arguments (after --)")
     a = ap.parse_args()
 
@@ -155,7 +175,11 @@ def main():
         cmd = [a.msdm, "impute", *given, "-o", dest, "--force", "--quiet"]
         if a.model:
             cmd += ["--model", a.model]
-        subprocess.run(cmd + a.impute_args, check=True)
+        if a.score_only:
+            if not os.path.isfile(os.path.join(dest, f"{target}.wav")):
+                raise SystemExit(f"--score-only: {dest}/{target}.wav is missing; run without --score-only first")
+        else:
+            subprocess.run(cmd + a.impute_args, check=True)
         drums_file = os.path.join(src, "drums.wav")
         drums = mono(drums_file, n) if os.path.isfile(drums_file) else np.zeros(n, dtype=np.float32)
         other = tracks[(i + 1) % len(tracks)]
@@ -173,11 +197,11 @@ def main():
         ) + "  (imputed / true / other)", file=sys.stderr)
 
     mean = {w: {k: float(np.nanmean([r[w][k] for r in rows])) for k in rows[0]["true"]} for w in ["imputed", "true", "other"]}
-    print(f"| {target} | chord tones | in key | rhythm lock |")
-    print("|---|---|---|---|")
+    print(f"| {target} | chord tones | in key | rhythm lock | pitched | level (dBFS) |")
+    print("|---|---|---|---|---|---|")
     for w, label in [("imputed", "imputed (model)"), ("true", f"the song's own {target}"), ("other", f"another song's {target}")]:
         m = mean[w]
-        print(f"| {label} | {m['chord_tones']:.3f} | {m['in_key']:.3f} | {m['rhythm_lock']:.3f} |")
+        print(f"| {label} | {m['chord_tones']:.3f} | {m['in_key']:.3f} | {m['rhythm_lock']:.3f} | {m['pitched']:.2f} | {m['level_db']:.1f} |")
     print(json.dumps({"stem": target, "tracks": len(rows), "model": a.model, "impute_args": a.impute_args, "mean": mean, "per_track": rows}))
 
 
