@@ -83,6 +83,12 @@ fn the_training_configs_are_the_small_preset_with_the_documented_changes() {
     // its third: the second with the loss weighted for the stems' RMS (0.05) instead of σ_data 0.2
     let v3 = ModelConfig { loss_sigma_data: Some(0.05), ..v2.clone() };
     assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v3.json")).unwrap(), v3);
+    // its fourth: the second with the conditional items at σ ~ LogNormal(0.7, 1) (median 2), where
+    // the harmony probe shows imputation needs the other stems
+    let mut mix4 = mix;
+    mix4.conditional_sigma = Some(SigmaDistribution { mean: 0.7, std: 1.0 });
+    let v4 = ModelConfig { stem_tasks: Some(mix4), ..v2.clone() };
+    assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v4.json")).unwrap(), v4);
     for bad in [0.0, -0.1, f64::NAN] {
         let err = ModelConfig { loss_sigma_data: Some(bad), ..v2.clone() }.validate().unwrap_err().to_string();
         assert!(err.contains("loss_sigma_data"), "{err}");
