@@ -47,6 +47,7 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
         sigma_max: s.sigma_max.unwrap_or(base.sigma_max),
         batch: s.batch.unwrap_or(base.batch),
         guidance: s.guidance.unwrap_or(base.guidance),
+        guidance_interval: s.guidance_interval.or(base.guidance_interval),
         seed: s.seed,
         mono,
         ..base

@@ -189,6 +189,15 @@ pub struct SamplingArgs {
     /// Imputation with a per-stem σ model: guidance weight on the given stems (0 = none; doubles the network calls)
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// Guide only the steps at noise levels from LO to HI, e.g. 0.3,5 (a guidance interval; default: every step)
+    #[arg(long, value_name = "LO,HI", value_parser = parse_interval)]
+    pub guidance_interval: Option<(f32, f32)>,
+}
+
+fn parse_interval(s: &str) -> Result<(f32, f32), String> {
+    let bad = || format!("'{s}': give two noise levels LO,HI, e.g. 0.3,5");
+    let (lo, hi) = s.split_once(',').ok_or_else(bad)?;
+    Ok((lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?))
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]

@@ -29,7 +29,9 @@ impl Default for SigmaDistribution {
 /// - `one_left`: the share of conditional items with exactly one stem noisy (the rest draw a
 ///   uniform subset; with 4 stems the one-left case is then 4 of the 14 subsets);
 /// - `conditional_sigma`: the σ distribution of the noisy stems of conditional items, so that
-///   training can spend them at the noise levels where imputation decides pitch and onsets.
+///   training can spend them at the noise levels where imputation decides pitch and onsets;
+/// - `one_left_weights`: which stem the one-left items leave, one weight per stem in channel order
+///   (absent: uniform), so that training can favour the headline job, a bass under the rest.
 ///
 /// Unknown keys are refused here (not in the rest of the config, which reads reference files):
 /// a misspelt knob, or a config newer than the binary, must not train the old recipe silently.
@@ -43,6 +45,8 @@ pub struct StemTaskMix {
     pub one_left: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditional_sigma: Option<SigmaDistribution>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_left_weights: Option<[f64; 4]>,
 }
 
 fn is_zero_share(x: &f64) -> bool {
@@ -53,7 +57,7 @@ impl Default for StemTaskMix {
     /// Tilted towards conditional items (the reading notes suggest 0.5 / 0.35 / 0.15): the
     /// network starts from a joint model, and imputation is what it has not learned.
     fn default() -> Self {
-        Self { joint: 0.4, conditional: 0.45, independent: 0.15, one_left: 0.0, conditional_sigma: None }
+        Self { joint: 0.4, conditional: 0.45, independent: 0.15, one_left: 0.0, conditional_sigma: None, one_left_weights: None }
     }
 }
 
@@ -409,6 +413,14 @@ impl ModelConfig {
             if let Some(d) = m.conditional_sigma {
                 if !(d.mean.is_finite() && d.std.is_finite() && d.std >= 0.0) {
                     bail!("model config: `stem_tasks.conditional_sigma` needs a finite mean and a non-negative std, got {d:?}");
+                }
+            }
+            if let Some(w) = m.one_left_weights {
+                if self.in_channels != w.len() {
+                    bail!("model config: `stem_tasks.one_left_weights` has one weight per stem (4), but the model has {} stems", self.in_channels);
+                }
+                if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().sum::<f64>() <= 0.0 {
+                    bail!("model config: `stem_tasks.one_left_weights` must be finite, non-negative and not all zero, got {w:?}");
                 }
             }
         }

@@ -77,6 +77,7 @@ fn the_training_configs_are_the_small_preset_with_the_documented_changes() {
         independent: 0.1,
         one_left: 0.5,
         conditional_sigma: Some(SigmaDistribution { mean: -1.2, std: 1.0 }),
+        one_left_weights: None,
     };
     let v2 = ModelConfig { stem_tasks: Some(mix), ..stems };
     assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v2.json")).unwrap(), v2);
@@ -89,6 +90,17 @@ fn the_training_configs_are_the_small_preset_with_the_documented_changes() {
     mix4.conditional_sigma = Some(SigmaDistribution { mean: 0.7, std: 1.0 });
     let v4 = ModelConfig { stem_tasks: Some(mix4), ..v2.clone() };
     assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v4.json")).unwrap(), v4);
+    // its fifth: the fourth tilted to the headline job, a quarter of all items a bass under the rest
+    let mix5 = StemTaskMix { joint: 0.25, conditional: 0.65, one_left: 0.7, one_left_weights: Some([0.55, 0.15, 0.15, 0.15]), ..mix4 };
+    let v5 = ModelConfig { stem_tasks: Some(mix5), ..v4.clone() };
+    assert_eq!(ModelConfig::from_name_or_file(&format!("{dir}/stem-sigmas-v5.json")).unwrap(), v5);
+    for bad in [[0.0; 4], [1.0, -0.5, 0.0, 0.0], [f64::NAN, 1.0, 1.0, 1.0]] {
+        let stem_tasks = Some(StemTaskMix { one_left_weights: Some(bad), ..mix5 });
+        let err = ModelConfig { stem_tasks, ..v4.clone() }.validate().unwrap_err().to_string();
+        assert!(err.contains("one_left_weights"), "{err}");
+    }
+    let err = ModelConfig { in_channels: 2, ..v5.clone() }.validate().unwrap_err().to_string();
+    assert!(err.contains("one weight per stem"), "{err}");
     for bad in [0.0, -0.1, f64::NAN] {
         let err = ModelConfig { loss_sigma_data: Some(bad), ..v2.clone() }.validate().unwrap_err().to_string();
         assert!(err.contains("loss_sigma_data"), "{err}");

@@ -96,6 +96,9 @@ pub struct Settings {
     /// [`SamplerConfig::guidance`]); 0 = none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub guidance: f32,
+    /// Guide only at σ in `[lo, hi]` (see [`SamplerConfig::guidance_interval`]); absent: every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_interval: Option<(f32, f32)>,
 }
 
 fn is_zero(x: &f32) -> bool {
@@ -121,6 +124,7 @@ impl Settings {
             mono: false,
             batch: 8,
             guidance: 0.0,
+            guidance_interval: None,
         }
     }
 
@@ -178,6 +182,7 @@ impl Settings {
             churn: self.churn,
             resamples: self.resamples,
             guidance: self.guidance,
+            guidance_interval: self.guidance_interval,
         }
     }
 
@@ -206,6 +211,11 @@ impl Settings {
         }
         if !(0.0..=MAX_GUIDANCE).contains(&self.guidance) {
             bail!("guidance {}: use a weight from 0 (none) to {MAX_GUIDANCE}", self.guidance);
+        }
+        if let Some((lo, hi)) = self.guidance_interval {
+            if !(lo >= 0.0 && hi >= lo && hi.is_finite()) {
+                bail!("guidance interval {lo},{hi}: give two noise levels 0 ≤ LO ≤ HI, e.g. 0.3,5");
+            }
         }
         if let Likelihood::Gaussian { gamma_coeff } = self.likelihood {
             if !(gamma_coeff >= 0.0 && gamma_coeff.is_finite()) {

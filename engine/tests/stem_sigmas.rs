@@ -129,7 +129,7 @@ fn imputation_with_a_per_stem_model_keeps_the_given_stems_clean_and_bit_exact() 
     let source = rand(3, (1, 4, t), 0.3);
     let mask = Tensor::from_vec(vec![0f32, 1.0, 1.0, 0.0], (1, 4, 1), &Device::Cpu).unwrap();
     let spy = Spy { inner: &m.denoiser, calls: RefCell::new(vec![]) };
-    let config = SamplerConfig { sigmas: karras(6, 1e-3, 5.0, 7.0), churn: 1.0, resamples: 2, guidance: 0.0 };
+    let config = SamplerConfig { sigmas: karras(6, 1e-3, 5.0, 7.0), churn: 1.0, resamples: 2, guidance: 0.0, guidance_interval: None };
     let mut noise = msdm::noise::ItemNoise::new(&[4]);
     let out = sample(&spy, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &mask }, &mut noise, &mut |_, _| true).unwrap();
     for c in [1, 2] {
@@ -211,11 +211,12 @@ fn guidance_moves_the_generated_stems_only_and_needs_a_per_stem_model() {
     let t = m.config.length_multiple() * 2;
     let source = rand(3, (1, 4, t), 0.3);
     let mask = Tensor::from_vec(vec![0f32, 1.0, 1.0, 1.0], (1, 4, 1), &Device::Cpu).unwrap();
-    let run = |w: f32, d: &dyn Denoiser| {
-        let config = SamplerConfig { sigmas: karras(4, 1e-3, 5.0, 7.0), churn: 0.0, resamples: 1, guidance: w };
+    let run_in = |w: f32, guidance_interval, d: &dyn Denoiser| {
+        let config = SamplerConfig { sigmas: karras(4, 1e-3, 5.0, 7.0), churn: 0.0, resamples: 1, guidance: w, guidance_interval };
         let mut noise = msdm::noise::ItemNoise::new(&[4]);
         sample(d, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &mask }, &mut noise, &mut |_, _| true)
     };
+    let run = |w: f32, d: &dyn Denoiser| run_in(w, None, d);
     let spy = Spy { inner: &m.denoiser, calls: RefCell::new(vec![]) };
     let plain = run(0.0, &m.denoiser).unwrap();
     let guided = run(1.5, &spy).unwrap();
@@ -227,6 +228,17 @@ fn guidance_moves_the_generated_stems_only_and_needs_a_per_stem_model() {
     }
     let moved = (guided.narrow(1, 0, 1).unwrap() - plain.narrow(1, 0, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
     assert!(moved.to_scalar::<f32>().unwrap() > 1e-4);
+    // a guidance interval guides only the steps whose σ lies in it: here the top two of four
+    let sigmas = karras(4, 1e-3, 5.0, 7.0);
+    let spy = Spy { inner: &m.denoiser, calls: RefCell::new(vec![]) };
+    let high = run_in(1.5, Some((sigmas[1], 100.0)), &spy).unwrap();
+    assert_eq!(spy.calls.borrow().len(), 4 + 2, "one extra call at each of the two guided steps");
+    let guided_at: Vec<f32> = spy.calls.borrow().iter().filter(|(s, _)| s[1] == top).map(|(s, _)| s[0]).collect();
+    assert_eq!(guided_at, sigmas[..2].to_vec(), "guided at σ {guided_at:?}");
+    for other in [&plain, &guided] {
+        let moved = (high.narrow(1, 0, 1).unwrap() - other.narrow(1, 0, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(moved.to_scalar::<f32>().unwrap() > 1e-5, "the interval run equals a full or no-guidance run");
+    }
     let reference = Model::random(ModelConfig::tiny(), 5, &Device::Cpu).unwrap();
     let err = run(1.0, &reference.denoiser).unwrap_err().to_string();
     assert!(err.contains("one noise level per stem"), "{err}");

@@ -34,6 +34,21 @@ fn draw_sigma<R: Rng + ?Sized>(rng: &mut R, dist: SigmaDistribution) -> f32 {
     (dist.mean + dist.std * n).exp() as f32
 }
 
+/// The stem a one-left item leaves: by `weights`, or uniform without them (the earlier recipes'
+/// draw, so their runs resume with the same numbers).
+fn pick_left<R: Rng + ?Sized>(rng: &mut R, weights: Option<[f64; 4]>, channels: usize) -> usize {
+    let Some(w) = weights.filter(|w| w.len() == channels) else { return rng.random_range(0..channels) };
+    let mut u = rng.random::<f64>() * w.iter().sum::<f64>();
+    for (k, x) in w.iter().enumerate() {
+        if u < *x {
+            return k;
+        }
+        u -= x;
+    }
+    // rounding left u at the very top: the last stem with weight
+    w.iter().rposition(|x| *x > 0.0).unwrap_or(0)
+}
+
 /// Draws per item: the task (one uniform), then its σ values, then the subset for a conditional
 /// item; then ε (`batch · channels · len` values), all from `rng`. With one stem every item is
 /// joint (there is no proper subset to give).
@@ -57,7 +72,7 @@ pub fn draw_stem_noise<R: Rng + ?Sized>(
             // is set, so a mix without it draws exactly as before); the others are uniform over
             // the 2^C − 2 non-empty proper subsets
             let given = if mix.one_left > 0.0 && rng.random::<f64>() < mix.one_left {
-                all & !(1 << rng.random_range(0..channels))
+                all & !(1 << pick_left(rng, mix.one_left_weights, channels))
             } else {
                 rng.random_range(1..all)
             };
@@ -131,7 +146,7 @@ mod tests {
     fn conditional_items_can_leave_one_stem_and_take_their_own_sigmas() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
         let cond = SigmaDistribution { mean: -0.5, std: 0.7 };
-        let mix = StemTaskMix { joint: 0.3, conditional: 0.6, independent: 0.1, one_left: 0.5, conditional_sigma: Some(cond) };
+        let mix = StemTaskMix { joint: 0.3, conditional: 0.6, independent: 0.1, one_left: 0.5, conditional_sigma: Some(cond), one_left_weights: None };
         let (n, c) = (20_000, 4);
         let d = draw_stem_noise(&mut rng, SigmaDistribution { mean: -2.0, std: 1.8 }, mix, n, c, 1);
         let (mut conditional, mut one_left, mut logs, mut joint_logs) = (0usize, 0usize, Vec::new(), Vec::new());
@@ -153,6 +168,28 @@ mod tests {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         assert!((mean(&logs) + 0.5).abs() < 0.03, "conditional log-mean {}", mean(&logs));
         assert!((mean(&joint_logs) + 2.0).abs() < 0.1, "joint log-mean {}", mean(&joint_logs));
+    }
+
+    #[test]
+    fn one_left_items_leave_each_stem_by_its_weight() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let weights = [0.55, 0.15, 0.3, 0.0];
+        let mix = StemTaskMix { joint: 0.0, conditional: 1.0, independent: 0.0, one_left: 1.0, conditional_sigma: None, one_left_weights: Some(weights) };
+        let n = 20_000;
+        let d = draw_stem_noise(&mut rng, SigmaDistribution::default(), mix, n, 4, 1);
+        let mut left = [0usize; 4];
+        for (i, t) in d.tasks.iter().enumerate() {
+            let StemTask::Conditional { given } = *t else { panic!("item {i} is {t:?}") };
+            assert_eq!(given.count_ones(), 3, "item {i} leaves more than one stem: {given:04b}");
+            let k = (!given & 0xf).trailing_zeros() as usize;
+            left[k] += 1;
+            assert!(d.sigmas[i * 4 + k] > 0.0 && (0..4).filter(|&j| j != k).all(|j| d.sigmas[i * 4 + j] == 0.0));
+        }
+        for k in 0..4 {
+            let got = left[k] as f64 / n as f64;
+            assert!((got - weights[k]).abs() < 0.015, "stem {k}: {got} against {}", weights[k]);
+        }
+        assert_eq!(left[3], 0, "a stem with weight 0 was left");
     }
 
     #[test]
