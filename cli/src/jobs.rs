@@ -48,6 +48,7 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
         batch: s.batch.unwrap_or(base.batch),
         guidance: s.guidance.unwrap_or(base.guidance),
         guidance_interval: s.guidance_interval.or(base.guidance_interval),
+        guidance_rescale: s.guidance_rescale.unwrap_or(base.guidance_rescale),
         seed: s.seed,
         mono,
         ..base

@@ -192,6 +192,9 @@ pub struct SamplingArgs {
     /// Guide only the steps at noise levels from LO to HI, e.g. 0.3,5 (a guidance interval; default: every step)
     #[arg(long, value_name = "LO,HI", value_parser = parse_interval)]
     pub guidance_interval: Option<(f32, f32)>,
+    /// Scale the guided stem back towards the unguided one's level: 0 (none) to 1 (all the way); guidance alone makes it louder
+    #[arg(long, value_name = "PHI")]
+    pub guidance_rescale: Option<f32>,
 }
 
 fn parse_interval(s: &str) -> Result<(f32, f32), String> {

@@ -99,6 +99,10 @@ pub struct Settings {
     /// Guide only at σ in `[lo, hi]` (see [`SamplerConfig::guidance_interval`]); absent: every step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance_interval: Option<(f32, f32)>,
+    /// Rescale of the guided estimate to the unguided one's level (see
+    /// [`SamplerConfig::guidance_rescale`]); 0 = none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub guidance_rescale: f32,
 }
 
 fn is_zero(x: &f32) -> bool {
@@ -125,6 +129,7 @@ impl Settings {
             batch: 8,
             guidance: 0.0,
             guidance_interval: None,
+            guidance_rescale: 0.0,
         }
     }
 
@@ -183,6 +188,7 @@ impl Settings {
             resamples: self.resamples,
             guidance: self.guidance,
             guidance_interval: self.guidance_interval,
+            guidance_rescale: self.guidance_rescale,
         }
     }
 
@@ -211,6 +217,9 @@ impl Settings {
         }
         if !(0.0..=MAX_GUIDANCE).contains(&self.guidance) {
             bail!("guidance {}: use a weight from 0 (none) to {MAX_GUIDANCE}", self.guidance);
+        }
+        if !(0.0..=1.0).contains(&self.guidance_rescale) {
+            bail!("guidance rescale {}: use a share from 0 (none) to 1 (the unguided level)", self.guidance_rescale);
         }
         if let Some((lo, hi)) = self.guidance_interval {
             if !(lo >= 0.0 && hi >= lo && hi.is_finite()) {

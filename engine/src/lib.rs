@@ -45,6 +45,7 @@ pub fn stem_index<S: AsRef<str>>(stems: &[S], name: &str) -> anyhow::Result<usiz
 /// The model's sample rate.
 pub const MODEL_RATE: u32 = 22_050;
 pub mod tasks;
+mod seams;
 pub mod regenerate;
 
 pub mod audio;

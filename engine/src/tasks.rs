@@ -24,6 +24,7 @@ use crate::model_file::Model;
 use crate::noise::{window_seed, DeviceNoise};
 use crate::sampler::{self, Posterior};
 use crate::separation;
+use crate::seams;
 use crate::separator;
 use crate::MODEL_RATE;
 
@@ -321,12 +322,7 @@ fn run_sequential(
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         for (c, stems) in x.into_iter().enumerate() {
             for (s, sig) in stems.into_iter().enumerate() {
-                let from = if w > 0 { ov } else { 0 };
-                for t in from..window {
-                    if start + t < len22 {
-                        result22[s][c][start + t] = sig[t];
-                    }
-                }
+                seams::write_window(&mut result22[s][c], &sig, start, if w > 0 { ov } else { 0 });
             }
         }
     }

@@ -86,7 +86,7 @@ fn f32_of(v: &serde_json::Value, key: &str) -> f32 {
 fn sampler_config(fx: &Fixture, case: &str) -> SamplerConfig {
     let sigmas: Vec<f32> = fx.cases[&format!("{case}.sigmas")].to_vec1().unwrap();
     let p = &fx.params[case];
-    SamplerConfig { sigmas, churn: f32_of(p, "s_churn"), resamples: f32_of(p, "num_resamples") as usize, guidance: 0.0, guidance_interval: None }
+    SamplerConfig { sigmas, churn: f32_of(p, "s_churn"), resamples: f32_of(p, "num_resamples") as usize, guidance: 0.0, guidance_interval: None, guidance_rescale: 0.0 }
 }
 
 fn noise(fx: &Fixture, case: &str) -> (RecordedNoise, [usize; 3]) {

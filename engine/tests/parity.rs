@@ -76,7 +76,7 @@ fn sampler_config(fx: &Fixture, case: &str) -> SamplerConfig {
     for (a, b) in ours.iter().zip(&sigmas) {
         assert!((a - b).abs() <= 1e-6 * b.abs(), "{} {case}: schedule {a} vs reference {b}", fx.name);
     }
-    SamplerConfig { sigmas, churn: f32_of(p, "s_churn"), resamples: f32_of(p, "num_resamples") as usize, guidance: 0.0, guidance_interval: None }
+    SamplerConfig { sigmas, churn: f32_of(p, "s_churn"), resamples: f32_of(p, "num_resamples") as usize, guidance: 0.0, guidance_interval: None, guidance_rescale: 0.0 }
 }
 
 fn noise(fx: &Fixture, case: &str) -> (RecordedNoise, [usize; 3]) {

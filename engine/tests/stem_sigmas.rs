@@ -129,7 +129,7 @@ fn imputation_with_a_per_stem_model_keeps_the_given_stems_clean_and_bit_exact() 
     let source = rand(3, (1, 4, t), 0.3);
     let mask = Tensor::from_vec(vec![0f32, 1.0, 1.0, 0.0], (1, 4, 1), &Device::Cpu).unwrap();
     let spy = Spy { inner: &m.denoiser, calls: RefCell::new(vec![]) };
-    let config = SamplerConfig { sigmas: karras(6, 1e-3, 5.0, 7.0), churn: 1.0, resamples: 2, guidance: 0.0, guidance_interval: None };
+    let config = SamplerConfig { sigmas: karras(6, 1e-3, 5.0, 7.0), churn: 1.0, resamples: 2, guidance: 0.0, guidance_interval: None, guidance_rescale: 0.0 };
     let mut noise = msdm::noise::ItemNoise::new(&[4]);
     let out = sample(&spy, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &mask }, &mut noise, &mut |_, _| true).unwrap();
     for c in [1, 2] {
@@ -211,11 +211,12 @@ fn guidance_moves_the_generated_stems_only_and_needs_a_per_stem_model() {
     let t = m.config.length_multiple() * 2;
     let source = rand(3, (1, 4, t), 0.3);
     let mask = Tensor::from_vec(vec![0f32, 1.0, 1.0, 1.0], (1, 4, 1), &Device::Cpu).unwrap();
-    let run_in = |w: f32, guidance_interval, d: &dyn Denoiser| {
-        let config = SamplerConfig { sigmas: karras(4, 1e-3, 5.0, 7.0), churn: 0.0, resamples: 1, guidance: w, guidance_interval };
+    let run_with = |w: f32, guidance_interval, guidance_rescale, d: &dyn Denoiser| {
+        let config = SamplerConfig { sigmas: karras(4, 1e-3, 5.0, 7.0), churn: 0.0, resamples: 1, guidance: w, guidance_interval, guidance_rescale };
         let mut noise = msdm::noise::ItemNoise::new(&[4]);
         sample(d, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &mask }, &mut noise, &mut |_, _| true)
     };
+    let run_in = |w: f32, interval, d: &dyn Denoiser| run_with(w, interval, 0.0, d);
     let run = |w: f32, d: &dyn Denoiser| run_in(w, None, d);
     let spy = Spy { inner: &m.denoiser, calls: RefCell::new(vec![]) };
     let plain = run(0.0, &m.denoiser).unwrap();
@@ -239,9 +240,35 @@ fn guidance_moves_the_generated_stems_only_and_needs_a_per_stem_model() {
         let moved = (high.narrow(1, 0, 1).unwrap() - other.narrow(1, 0, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
         assert!(moved.to_scalar::<f32>().unwrap() > 1e-5, "the interval run equals a full or no-guidance run");
     }
+    // the rescale moves the generated stem only
+    let rescaled = run_with(1.5, None, 0.7, &m.denoiser).unwrap();
+    for c in 1..4 {
+        assert_eq!(values(&rescaled.narrow(1, c, 1).unwrap()), values(&source.narrow(1, c, 1).unwrap()));
+    }
+    assert_ne!(values(&rescaled.narrow(1, 0, 1).unwrap()), values(&guided.narrow(1, 0, 1).unwrap()));
     let reference = Model::random(ModelConfig::tiny(), 5, &Device::Cpu).unwrap();
     let err = run(1.0, &reference.denoiser).unwrap_err().to_string();
     assert!(err.contains("one noise level per stem"), "{err}");
+}
+
+/// The guidance rescale brings each item's and stem's RMS to the unguided estimate's (φ = 1), leaves
+/// the guided estimate as it is (φ = 0), and mixes the two in between.
+#[test]
+fn the_guidance_rescale_matches_the_unguided_level() {
+    let den = rand(11, (2, 4, 64), 0.2);
+    let guided = (rand(12, (2, 4, 64), 0.2) * 3.0).unwrap();
+    let rms = |x: &Tensor| values(&x.sqr().unwrap().mean_keepdim(2).unwrap().sqrt().unwrap());
+    let full = msdm::sampler::rescale(&den, &guided, 1.0).unwrap();
+    for (a, b) in rms(&full).iter().zip(rms(&den)) {
+        assert!((a - b).abs() <= 1e-5 * b, "{a} vs {b}");
+    }
+    assert_eq!(values(&msdm::sampler::rescale(&den, &guided, 0.0).unwrap()), values(&guided));
+    let half = values(&msdm::sampler::rescale(&den, &guided, 0.5).unwrap());
+    let expect: Vec<f32> = values(&full).iter().zip(values(&guided)).map(|(f, g)| 0.5 * f + 0.5 * g).collect();
+    assert!(half.iter().zip(&expect).all(|(a, b)| (a - b).abs() <= 1e-6), "not the even mix");
+    // a silent guided stem stays silent, not NaN
+    let zero = msdm::sampler::rescale(&den, &(&guided * 0.0).unwrap(), 1.0).unwrap();
+    assert!(values(&zero).iter().all(|x| *x == 0.0));
 }
 
 /// `loss_sigma_data`: the loss weight w(σ) = (σ² + s²)/(σ·s)² with the stems' RMS s instead of the

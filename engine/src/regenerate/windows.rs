@@ -15,6 +15,7 @@ use crate::audio;
 use crate::model_file::Model;
 use crate::noise::{window_seed, DeviceNoise};
 use crate::sampler::{self, Posterior, SamplerConfig};
+use crate::seams;
 
 /// Window starts (model-rate samples) for regenerating `range` of a clip of `len` samples with
 /// windows of `window` samples, keeping `context` given samples on each side of the range where
@@ -69,6 +70,9 @@ pub(crate) fn sample(
     // last window run.
     let mut generated_until = range.start;
     for (w, &start) in starts.iter().enumerate() {
+        // a later window makes the last `fade` samples of the previous one again and is faded in
+        // over them (see `crate::seams`)
+        let fade = if w > 0 { seams::fade(generated_until.saturating_sub(start)) } else { 0 };
         let mut source = vec![0f32; channels * n * window];
         let mut mask = vec![0f32; channels * n * window];
         for c in 0..channels {
@@ -82,7 +86,7 @@ pub(crate) fn sample(
                         // rather than given as silence, which would pull the take towards a fade-out.
                         continue;
                     };
-                    if !target || !range.contains(&abs) || abs < generated_until {
+                    if !target || !range.contains(&abs) || abs < generated_until - fade {
                         source[base + t] = clip.signals[s][c][local];
                         mask[base + t] = 1.0;
                     }
@@ -100,8 +104,12 @@ pub(crate) fn sample(
         let end = (start + window).min(range.end).min(clip.offset + len);
         for (c, stems) in x.into_iter().enumerate() {
             for &s in targets {
-                for abs in start.max(generated_until)..end {
-                    clip.signals[s][c][abs - clip.offset] = stems[s][abs - start];
+                for abs in start.max(generated_until - fade)..end {
+                    let (old, new) = (&mut clip.signals[s][c][abs - clip.offset], stems[s][abs - start]);
+                    *old = match abs.checked_sub(generated_until - fade).filter(|&k| k < fade) {
+                        Some(k) => (*old as f64 + (new as f64 - *old as f64) * seams::fade_in(k, fade)) as f32,
+                        None => new,
+                    };
                 }
             }
         }
