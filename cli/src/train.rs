@@ -97,7 +97,9 @@ fn new_settings(args: &TrainArgs) -> Result<RunSettings> {
         s.batch_size = b;
     }
     if let Some(lr) = args.lr {
+        // the config goes into every model file the run writes: it records the rate used
         s.adam.lr = lr;
+        s.config.learning_rate = Some(lr);
     }
     if let Some(v) = args.val_batches {
         s.val_batches = v;
@@ -132,7 +134,10 @@ fn check_resume_args(args: &TrainArgs, s: &RunSettings) -> Result<()> {
     check("min-duration", args.min_duration.map(|v| v.to_string()), s.min_duration.to_string());
     check("max-duration", args.max_duration.map(|v| v.to_string()), s.max_duration.to_string());
     if let Some(c) = &args.config {
-        if ModelConfig::from_name_or_file(c)? != s.config {
+        let mut given = ModelConfig::from_name_or_file(c)?;
+        // the run's config holds the --lr it was started with (checked above), the file may not
+        given.learning_rate = s.config.learning_rate;
+        if given != s.config {
             conflicts.push(format!("--config {c} (the run has another config)"));
         }
     }
@@ -287,4 +292,34 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     );
     println!("resume with: msdm train --resume {}", trainer.run_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn args(extra: &[&str]) -> TrainArgs {
+        let base = ["msdm-train", "--run-dir", "runs/x", "--data", "data/minislakh", "--config", "small"];
+        Cli::try_parse_from(base.iter().chain(extra)).unwrap().train
+    }
+
+    #[test]
+    fn the_learning_rate_given_is_the_one_the_model_files_record() {
+        let s = new_settings(&args(&["--lr", "0.0003"])).unwrap();
+        assert_eq!((s.adam.lr, s.config.learning_rate), (3e-4, Some(3e-4)));
+        // resuming with the same command line is not a conflict; another rate is
+        check_resume_args(&args(&["--lr", "0.0003"]), &s).unwrap();
+        let err = check_resume_args(&args(&["--lr", "0.001"]), &s).unwrap_err().to_string();
+        assert!(err.contains("--lr 0.001 (the run has 0.0003)"), "{err}");
+        // without --lr the config's rate is used and recorded
+        let s = new_settings(&args(&[])).unwrap();
+        assert_eq!(Some(s.adam.lr), s.config.learning_rate);
+    }
 }
