@@ -301,7 +301,7 @@ fn run_sequential(
                     if let Some(g) = &given22[s] {
                         source[base + t] = g[c].get(i).copied().unwrap_or(0.0);
                         mask[base + t] = 1.0;
-                    } else if w > 0 && t < ov && i < len22 {
+                    } else if w > 0 && t < ov - seams::fade(ov) && i < len22 {
                         source[base + t] = result22[s][c][i];
                         mask[base + t] = 1.0;
                     }
@@ -420,6 +420,26 @@ mod tests {
             .unwrap();
         assert_eq!(g.stems[0].frames(), 8820);
         assert!(g.stems.iter().all(|s| s.channels[0].iter().all(|x| x.is_finite())));
+    }
+
+    /// A later window is given the previous one's overlap up to the fade only and is faded in
+    /// over the rest: the clip's start is the one-window clip's, its fade region is not.
+    #[test]
+    fn a_later_window_makes_its_fade_region_and_leaves_the_earlier_part() {
+        let m = tiny_model();
+        let (window, ov) = (m.window(), sequential_overlap(m.window()));
+        let gen = |frames: usize| {
+            let job = Job::Generate { seconds: frames as f64 / 22_050.0, rate: 22_050, channels: 1 };
+            run(&m, &job, &quick(Settings::generation()), &mut |_| true).unwrap().stems
+        };
+        let (one, two) = (gen(window), gen(window + window / 2));
+        let seam = window; // the second window starts at window − ov; its own part ov later
+        let fade_from = seam - seams::fade(ov);
+        for (a, b) in one.iter().zip(&two) {
+            assert_eq!(a.channels[0][..fade_from], b.channels[0][..fade_from]);
+            let moved = (fade_from..seam).filter(|&i| a.channels[0][i] != b.channels[0][i]).count();
+            assert!(moved > seams::fade(ov) / 2, "the fade region was kept as given ({moved} samples moved)");
+        }
     }
 
     #[test]
