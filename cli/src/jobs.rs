@@ -223,12 +223,22 @@ pub fn separate(
     constrained: Option<&str>,
     gamma_coeff: f32,
 ) -> Result<()> {
+    only_for_imputation(sampling, "separate")?;
     let model = job_model(out)?;
     let base = separation_settings(&model, likelihood, constrained, gamma_coeff)?;
     separate_takes(&model, input, &settings(base, sampling, out.mono), out)
 }
 
+/// The guidance options guide imputation by its given stems; other jobs have none to guide by.
+fn only_for_imputation(s: &SamplingArgs, command: &str) -> Result<()> {
+    if s.guidance.is_some() || s.guidance_interval.is_some() || s.guidance_rescale.is_some() {
+        bail!("--guidance, --guidance-interval and --guidance-rescale steer imputation by the given stems (msdm impute, msdm regenerate); `msdm {command}` has none: leave them out");
+    }
+    Ok(())
+}
+
 pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u32, channels: usize) -> Result<()> {
+    only_for_imputation(sampling, "generate")?;
     let model = job_model(out)?;
     let job = Job::Generate { seconds, rate, channels };
     let base = Settings::for_job(&job, &model);

@@ -130,6 +130,10 @@ fn bad_inputs_get_clear_errors() {
     assert!(err.contains("vocals") && err.contains("bass, drums, guitar, piano"), "{err}");
     let err = fails(&["separate", s(&fx.join("sine_44k1_stereo_i16.wav")), "-o", s(&out), "--model", m, "--constrained-source", "7"]);
     assert!(err.contains("constrained"), "{err}");
+    let err = fails(&["generate", "--seconds", "1", "-o", s(&out), "--model", m, "--guidance", "1"]);
+    assert!(err.contains("steer imputation"), "{err}");
+    let err = fails(&["impute", "--given", &format!("drums={}", s(&fx.join("sine_44k1_stereo_i16.wav"))), "-o", s(&out), "--model", m, "--guidance-interval", "5"]);
+    assert!(err.contains("LO,HI"), "{err}");
     assert!(!out.join("bass.wav").exists(), "nothing is written on errors");
 }
 

@@ -127,12 +127,15 @@ pub fn sample(
         _ => None,
     };
     let clean = clean.filter(|k| k.iter().any(|&g| g));
-    if config.guidance > 0.0 && clean.is_none() {
+    if config.guidance > 0.0 && !denoiser.takes_stem_sigmas() {
         bail!(
-            "guidance works on imputation with a model that takes one noise level per stem (`msdm info` says which), \
-             with at least one stem given over the whole clip; leave --guidance out otherwise"
+            "guidance works on imputation with a model that takes one noise level per stem (`msdm info` says which); \
+             leave --guidance out for this model"
         );
     }
+    // Guidance needs a stem given over the whole window to guide by: a window without one (a
+    // regenerated range with every stem chosen, the part of a window past the clip's end, total
+    // generation) runs plain, so that a model whose stored defaults guide can do every job.
     let clean_mask = match &clean {
         Some(k) => Some(Tensor::from_vec(k.iter().map(|&g| if g { 1f32 } else { 0.0 }).collect::<Vec<_>>(), (1, c, 1), device)?),
         None => None,

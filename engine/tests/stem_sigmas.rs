@@ -246,6 +246,15 @@ fn guidance_moves_the_generated_stems_only_and_needs_a_per_stem_model() {
         assert_eq!(values(&rescaled.narrow(1, c, 1).unwrap()), values(&source.narrow(1, c, 1).unwrap()));
     }
     assert_ne!(values(&rescaled.narrow(1, 0, 1).unwrap()), values(&guided.narrow(1, 0, 1).unwrap()));
+    // with no stem given over the whole window there is nothing to guide by: the run is plain
+    let half: Vec<f32> = (0..4 * t).map(|i| if i % t < t / 2 { 1.0 } else { 0.0 }).collect();
+    let half = Tensor::from_vec(half, (1, 4, t), &Device::Cpu).unwrap();
+    let partial = |w: f32| {
+        let config = SamplerConfig { sigmas: karras(4, 1e-3, 5.0, 7.0), churn: 0.0, resamples: 1, guidance: w, guidance_interval: None, guidance_rescale: 0.0 };
+        let mut noise = msdm::noise::ItemNoise::new(&[4]);
+        sample(&m.denoiser, [1, 4, t], &Device::Cpu, &config, &Posterior::Impute { source: &source, mask: &half }, &mut noise, &mut |_, _| true).unwrap()
+    };
+    assert_eq!(values(&partial(1.5)), values(&partial(0.0)));
     let reference = Model::random(ModelConfig::tiny(), 5, &Device::Cpu).unwrap();
     let err = run(1.0, &reference.denoiser).unwrap_err().to_string();
     assert!(err.contains("one noise level per stem"), "{err}");
