@@ -52,6 +52,11 @@ impl SamplerConfig {
         self.steps() * self.resamples
     }
 
+    /// Steps that guidance (if the posterior allows it) makes a second network call in.
+    pub fn guided_steps(&self) -> usize {
+        (0..self.steps()).filter(|&i| self.guides(self.sigmas[i] * (self.gamma() + 1.0))).count()
+    }
+
     /// Whether the step at σ̂ is guided.
     fn guides(&self, sigma_hat: f32) -> bool {
         self.guidance > 0.0 && self.guidance_interval.is_none_or(|(lo, hi)| (lo..=hi).contains(&sigma_hat))

@@ -8,6 +8,16 @@
 //! a click every 2.2 s. So the given part ends [`fade`] samples before the window's own part, the
 //! window makes those samples as well, and its version is faded in over the previous one there.
 
+/// Samples each generation/imputation window takes from the previous one: 1/4 of a window.
+pub(crate) fn overlap(window: usize) -> usize {
+    window / 4
+}
+
+/// The windows generation and imputation run, one after another, over `len22` model-rate frames.
+pub(crate) fn windows(len22: usize, window: usize) -> crate::audio::WindowPlan {
+    crate::audio::plan(len22.max(1), window, overlap(window))
+}
+
 /// Samples over which a window's own part is faded in: 1/8 of the overlap (2,048 samples, 93 ms at
 /// 22,050 Hz, two periods of the lowest bass note), leaving the rest of the overlap given.
 pub(crate) fn fade(overlap: usize) -> usize {

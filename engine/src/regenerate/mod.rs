@@ -141,7 +141,7 @@ fn plan(model: &Model, rate: u32, frames: usize, range: &Range<usize>) -> Plan {
     let range22 = start..(to22(range.end).ceil() as usize).max(start + 1);
     let len = (to22(frames).round() as usize).max(range22.end);
     let window = model.window();
-    let starts = windows::plan(&range22, len, window, tasks::sequential_overlap(window));
+    let starts = windows::plan(&range22, len, window, crate::seams::overlap(window));
     Plan { range: range22, starts }
 }
 
