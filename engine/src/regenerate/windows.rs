@@ -138,6 +138,30 @@ mod tests {
         starts
     }
 
+    /// A second window is given the first one's take up to the fade only and is faded in over
+    /// the rest: before the fade the take is the one-window take, inside the fade it is not (a
+    /// hard switch would keep it there and step where the second window's own part starts).
+    #[test]
+    fn a_later_window_fades_in_over_the_previous_take() {
+        let mut model = Model::random(crate::config::ModelConfig::tiny(), 3, &Device::Cpu).unwrap();
+        model.meta.window = 1024;
+        let signal = |s: usize| vec![(0..3000).map(|i| 0.2 * ((i * (s + 2)) as f32 * 0.013).sin()).collect::<Vec<f32>>()];
+        let clip = || Clip { signals: (0..4).map(signal).collect(), offset: 0 };
+        let config = crate::tasks::Settings { steps: 3, ..crate::tasks::Settings::imputation() }.sampler_config();
+        let (range, first) = (300..2000, 200);
+        let run = |starts: &[usize]| {
+            let mut c = clip();
+            sample(&model, &mut c, &[0], &range, starts, &config, 0, &mut |_, _| true).unwrap();
+            c.signals[0][0].clone()
+        };
+        let (one, two) = (run(&[first]), run(&[first, first + 768]));
+        let until = first + 1024; // where the first window's take ends
+        let fade = crate::seams::fade(until - (first + 768));
+        assert_eq!(one[..until - fade], two[..until - fade]);
+        let moved = (until - fade..until).filter(|&i| one[i] != two[i]).count();
+        assert!(moved > fade / 2, "the fade region kept the first take ({moved} of {fade} samples moved)");
+    }
+
     #[test]
     fn windows_cover_the_range_with_context_on_both_sides() {
         // short range in a long clip: one window, centred
