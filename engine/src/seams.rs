@@ -29,20 +29,21 @@ pub(crate) fn fade_in(k: usize, fade: usize) -> f64 {
     0.5 - 0.5 * (std::f64::consts::PI * (k as f64 + 0.5) / fade as f64).cos()
 }
 
+/// Writes `new` over `out` (as far as both reach), fading it in over the first `fade` samples;
+/// after them `out` becomes `new` exactly.
+pub(crate) fn fade_into(out: &mut [f32], new: &[f32], fade: usize) {
+    for (k, (o, &n)) in out.iter_mut().zip(new).enumerate() {
+        *o = if k < fade { (*o as f64 + (n as f64 - *o as f64) * fade_in(k, fade)) as f32 } else { n };
+    }
+}
+
 /// Writes one window's samples `sig` into `out` from `start`. The first window (`overlap` 0) is
 /// copied; a later one leaves `out` alone before `overlap − fade`, fades in over the next `fade`
-/// samples (raised cosine) and is copied from `overlap` on. Samples past `out`'s end are dropped.
+/// samples and is copied from `overlap` on. Samples past `out`'s end are dropped.
 pub(crate) fn write_window(out: &mut [f32], sig: &[f32], start: usize, overlap: usize) {
-    let fade = fade(overlap);
-    let from = overlap - fade;
-    for (t, &s) in sig.iter().enumerate().skip(from) {
-        let Some(o) = out.get_mut(start + t) else { break };
-        *o = if t < overlap {
-            let w = fade_in(t - from, fade);
-            (*o as f64 * (1.0 - w) + s as f64 * w) as f32
-        } else {
-            s
-        };
+    let from = overlap - fade(overlap);
+    if let (Some(out), Some(sig)) = (out.get_mut(start + from..), sig.get(from..)) {
+        fade_into(out, sig, fade(overlap));
     }
 }
 

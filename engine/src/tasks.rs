@@ -119,8 +119,8 @@ pub fn record_seconds(model: &Model, job: &Job, settings: &Settings, seconds: f6
         return;
     }
     if let Ok(mut c) = CALL_SECONDS.lock() {
-        let evaluations = calls as f64 * evaluations(model, job, settings);
-        c.get_or_insert_with(HashMap::new).insert(call_key(model, items, settings), seconds / evaluations);
+        let per_evaluation = seconds / (calls as f64 * evaluations(model, job, settings));
+        c.get_or_insert_with(HashMap::new).insert(call_key(model, items, settings), per_evaluation);
     }
 }
 

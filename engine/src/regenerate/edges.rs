@@ -12,7 +12,7 @@ pub(crate) fn blend(out: &mut [f32], new: &[f32], fade: usize) {
     let fade = fade.min(n / 2);
     for i in 0..n {
         let k = i.min(n - 1 - i);
-        let w = if k < fade { 0.5 - 0.5 * (std::f64::consts::PI * (k as f64 + 0.5) / fade as f64).cos() } else { 1.0 };
+        let w = if k < fade { crate::seams::fade_in(k, fade) } else { 1.0 };
         out[i] = if w >= 1.0 { new[i] } else { out[i] + (w as f32) * (new[i] - out[i]) };
     }
 }

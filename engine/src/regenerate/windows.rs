@@ -102,15 +102,10 @@ pub(crate) fn sample(
         let x = sampler::sample(model.stems_denoiser(), [channels, n, window], &device, config, &posterior, &mut *noise, &mut cb)?;
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         let end = (start + window).min(range.end).min(clip.offset + len);
+        let from = start.max(generated_until - fade).min(end);
         for (c, stems) in x.into_iter().enumerate() {
             for &s in targets {
-                for abs in start.max(generated_until - fade)..end {
-                    let (old, new) = (&mut clip.signals[s][c][abs - clip.offset], stems[s][abs - start]);
-                    *old = match abs.checked_sub(generated_until - fade).filter(|&k| k < fade) {
-                        Some(k) => (*old as f64 + (new as f64 - *old as f64) * seams::fade_in(k, fade)) as f32,
-                        None => new,
-                    };
-                }
+                seams::fade_into(&mut clip.signals[s][c][from - clip.offset..end - clip.offset], &stems[s][from - start..end - start], fade);
             }
         }
         generated_until = generated_until.max(end);
