@@ -37,6 +37,22 @@ pub(crate) fn fade_into(out: &mut [f32], new: &[f32], fade: usize) {
     }
 }
 
+/// The fade at both ends of a stem the model made, in seconds: a window starts and ends wherever
+/// its waveform happens to be, so a generated bass played alone clicked at 0 s and stopped dead
+/// at the end. 5 ms is about a DAW's default clip fade, short enough to keep an attack.
+pub(crate) const EDGE_FADE_S: f64 = 0.005;
+
+/// Fades `ch` in over its first `n` samples and out over its last `n` (raised cosine from
+/// exactly 0; at most half the signal each).
+pub(crate) fn fade_edges(ch: &mut [f32], n: usize) {
+    let (len, n) = (ch.len(), n.min(ch.len() / 2));
+    for k in 0..n {
+        let w = (0.5 - 0.5 * (std::f64::consts::PI * k as f64 / n as f64).cos()) as f32;
+        ch[k] *= w;
+        ch[len - 1 - k] *= w;
+    }
+}
+
 /// Writes one window's samples `sig` into `out` from `start`. The first window (`overlap` 0) is
 /// copied; a later one leaves `out` alone before `overlap − fade`, fades in over the next `fade`
 /// samples and is copied from `overlap` on. Samples past `out`'s end are dropped.

@@ -48,7 +48,9 @@ pub fn run(model: &Model, job: &Job, settings: &Settings, progress: &mut dyn FnM
             let frames = generation_frames(*seconds, *rate);
             let silence = AudioBuffer::new(*rate, vec![vec![0.0; frames]; *channels]);
             let given = vec![None; model.num_stems()];
-            run_sequential(model, &given, &silence, settings, progress)?
+            let mut out = run_sequential(model, &given, &silence, settings, progress)?;
+            out.stems.iter_mut().for_each(fade_ends);
+            out
         }
     };
     out.seconds = started.elapsed().as_secs_f64();
@@ -67,7 +69,8 @@ fn plan_calls(model: &Model, job: &Job, settings: &Settings) -> (usize, usize) {
         Job::Separate { mix } => {
             let len22 = audio::resampled_len(mix.frames(), mix.rate, MODEL_RATE);
             let b = separation::batches(len22, window, channels(mix.num_channels()).max(1), settings.batch);
-            (b.count * per_window, b.size)
+            // the posterior samples averaged run in the same calls, as more batch items
+            (b.count * per_window, b.size * settings.average)
         }
         Job::Impute { given } => match given.iter().find_map(Given::audio) {
             Some(g) => {
@@ -248,17 +251,21 @@ fn impute(model: &Model, given: &[Given], settings: &Settings, progress: &mut dy
         }
     }
     let mut out = run_sequential(model, &aligned, &shape, settings, progress)?;
-    // Given stems come back exactly as given.
+    // Given stems come back exactly as given; the made ones get their ends faded.
     for (i, g) in aligned.into_iter().enumerate() {
-        if let Some(g) = g {
-            out.stems[i] = if settings.mono && g.num_channels() > 1 {
-                AudioBuffer::new(rate, vec![g.to_mono()])
-            } else {
-                g
-            };
-        }
+        let Some(g) = g else {
+            fade_ends(&mut out.stems[i]);
+            continue;
+        };
+        out.stems[i] = if settings.mono && g.num_channels() > 1 { AudioBuffer::new(rate, vec![g.to_mono()]) } else { g };
     }
     Ok(out)
+}
+
+/// Fades a stem the model made in and out over [`seams::EDGE_FADE_S`] at its own rate.
+fn fade_ends(stem: &mut AudioBuffer) {
+    let n = (seams::EDGE_FADE_S * stem.rate as f64).round() as usize;
+    stem.channels.iter_mut().for_each(|c| seams::fade_edges(c, n));
 }
 
 /// Generation and imputation over windows in sequence: each window after the first takes the
