@@ -6,8 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
 use msdm::data::{synthesize, ChunkedTracks, SynthOptions};
-use msdm::noise::SeededNoise;
-use msdm::separator::{separate, Likelihood};
+use msdm::separator::{separate_mean, Likelihood};
 
 use crate::LikelihoodArg;
 
@@ -121,7 +120,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let likelihood: Likelihood = settings.likelihood;
     let device = model.device().clone();
     eprintln!(
-        "evaluating {} on {} / {} ({} tracks), {:?}, {} steps x {} resamples, churn {}",
+        "evaluating {} on {} / {} ({} tracks), {:?}, {} steps x {} resamples, churn {}{}",
         model.id(),
         args.data.display(),
         args.split,
@@ -129,15 +128,16 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         likelihood,
         settings.steps,
         settings.resamples,
-        settings.churn
+        settings.churn,
+        if settings.average > 1 { format!(", mean of {} samples", settings.average) } else { String::new() }
     );
     let window = model.window();
     let mut chunk_index = 0u64;
     let mut sep = |mix: &[f32]| -> Result<Vec<Vec<f32>>> {
         let y = Tensor::from_vec(mix.to_vec(), (1, 1, window), &device)?;
-        let mut noise = SeededNoise::new(settings.seed.wrapping_add(chunk_index));
+        let seed = settings.seed.wrapping_add(chunk_index);
         chunk_index += 1;
-        let x = separate(model.stems_denoiser(), &y, likelihood, &config, &mut noise, &mut |_, _| true)?;
+        let x = separate_mean(model.stems_denoiser(), &y, likelihood, &config, &[seed], settings.average, &mut |_, _| true)?;
         Ok(x.squeeze(0)?.to_device(&Device::Cpu)?.to_vec2()?)
     };
     let pb = crate::progress::bar(args.quiet, "eval");

@@ -49,6 +49,7 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
         guidance: s.guidance.unwrap_or(base.guidance),
         guidance_interval: s.guidance_interval.or(base.guidance_interval),
         guidance_rescale: s.guidance_rescale.unwrap_or(base.guidance_rescale),
+        average: s.average.unwrap_or(base.average),
         seed: s.seed,
         mono,
         ..base
@@ -237,8 +238,18 @@ fn only_for_imputation(s: &SamplingArgs, command: &str) -> Result<()> {
     Ok(())
 }
 
+/// Averaging posterior samples suits separation, where the mix pins the stems down; a generated
+/// or imputed stem has many right answers, and their mean is a blur of them.
+pub(crate) fn only_for_separation(s: &SamplingArgs, command: &str) -> Result<()> {
+    if s.average.is_some() {
+        bail!("--average averages separations of a mix (msdm separate, msdm eval); `msdm {command}` makes new material, where a mean of takes is a blur: leave it out (use --takes N for several takes)");
+    }
+    Ok(())
+}
+
 pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u32, channels: usize) -> Result<()> {
     only_for_imputation(sampling, "generate")?;
+    only_for_separation(sampling, "generate")?;
     let model = job_model(out)?;
     let job = Job::Generate { seconds, rate, channels };
     let base = Settings::for_job(&job, &model);
@@ -246,6 +257,7 @@ pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u
 }
 
 pub fn impute(given: &[String], out: &OutputArgs, sampling: &SamplingArgs) -> Result<()> {
+    only_for_separation(sampling, "impute")?;
     let model = job_model(out)?;
     let parsed = msdm::args::parse_given(given, &model.meta.stems)?;
     let given = parsed

@@ -195,6 +195,9 @@ pub struct SamplingArgs {
     /// Scale the guided stem back towards the unguided one's level: 0 (none) to 1 (all the way); guidance alone makes it louder
     #[arg(long, value_name = "PHI")]
     pub guidance_rescale: Option<f32>,
+    /// Separation: average N posterior samples per window (each costs a full separation; the stems still sum to the mix)
+    #[arg(long, value_name = "N")]
+    pub average: Option<usize>,
 }
 
 fn parse_interval(s: &str) -> Result<(f32, f32), String> {

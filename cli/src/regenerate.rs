@@ -111,6 +111,7 @@ pub fn run(args: &RegenerateArgs) -> Result<()> {
         bail!("--crossfade-ms {}: give a length of 0 ms or more", args.crossfade_ms);
     }
     let what = Regeneration { stems: targets, range, crossfade: args.crossfade_ms / 1000.0 };
+    jobs::only_for_separation(&args.sampling, "regenerate")?;
     let settings = jobs::settings(regenerate::default_settings(&model), &args.sampling, args.out.mono);
     settings.validate()?;
     refuse_input_folder(args)?;

@@ -134,6 +134,10 @@ fn bad_inputs_get_clear_errors() {
     assert!(err.contains("steer imputation"), "{err}");
     let err = fails(&["impute", "--given", &format!("drums={}", s(&fx.join("sine_44k1_stereo_i16.wav"))), "-o", s(&out), "--model", m, "--guidance-interval", "5"]);
     assert!(err.contains("LO,HI"), "{err}");
+    let err = fails(&["impute", "--given", &format!("drums={}", s(&fx.join("sine_44k1_stereo_i16.wav"))), "-o", s(&out), "--model", m, "--average", "2"]);
+    assert!(err.contains("--average averages separations") && err.contains("--takes"), "{err}");
+    let err = fails(&["separate", s(&fx.join("sine_44k1_stereo_i16.wav")), "-o", s(&out), "--model", m, "--average", "0"]);
+    assert!(err.contains("average 0") && err.contains("posterior samples"), "{err}");
     assert!(!out.join("bass.wav").exists(), "nothing is written on errors");
 }
 

@@ -103,10 +103,22 @@ pub struct Settings {
     /// [`SamplerConfig::guidance_rescale`]); 0 = none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub guidance_rescale: f32,
+    /// Separation: posterior samples averaged per window ([`crate::separator::separate_mean`]);
+    /// 1 = one sample, as the paper. Each costs a full separation.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub average: usize,
 }
 
 fn is_zero(x: &f32) -> bool {
     *x == 0.0
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// Largest guidance weight accepted (the reading notes suggest 0.5–2).
@@ -130,6 +142,7 @@ impl Settings {
             guidance: 0.0,
             guidance_interval: None,
             guidance_rescale: 0.0,
+            average: 1,
         }
     }
 
@@ -217,6 +230,9 @@ impl Settings {
         }
         if !(0.0..=MAX_GUIDANCE).contains(&self.guidance) {
             bail!("guidance {}: use a weight from 0 (none) to {MAX_GUIDANCE}", self.guidance);
+        }
+        if self.average == 0 || self.average > crate::separator::MAX_AVERAGE {
+            bail!("average {}: give 1 to {} posterior samples per separation window", self.average, crate::separator::MAX_AVERAGE);
         }
         if !(0.0..=1.0).contains(&self.guidance_rescale) {
             bail!("guidance rescale {}: use a share from 0 (none) to 1 (the unguided level)", self.guidance_rescale);

@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 
 use crate::audio::{self, AudioBuffer, OverlapJoin, ResidualStream, StreamResampler};
 use crate::model_file::Model;
-use crate::noise::{window_seed, DeviceNoise};
+use crate::noise::window_seed;
 use crate::sampler::SamplerConfig;
 use crate::separator::{self, Likelihood};
 use crate::job::{Progress, Settings};
@@ -285,12 +285,12 @@ impl<'m> Pipeline<'m> {
         }
         let y = Tensor::from_vec(data, (n, 1, self.window), &device)?;
         let seeds: Vec<u64> = items.iter().map(|it| window_seed(self.settings.seed, it.window)).collect();
-        let mut noise = DeviceNoise::for_items(&device, &seeds)?;
         let calls = self.config.calls();
         self.total_calls = self.total_calls.max(self.done_calls + calls);
         let (before, total) = (self.done_calls, self.total_calls);
         let mut cb = |d: usize, _t: usize| progress(Progress { done: before + d, total });
-        let x = separator::separate(self.model.stems_denoiser(), &y, self.settings.likelihood, &self.config, &mut *noise, &mut cb)?;
+        let (likelihood, average) = (self.settings.likelihood, self.settings.average);
+        let x = separator::separate_mean(self.model.stems_denoiser(), &y, likelihood, &self.config, &seeds, average, &mut cb)?;
         self.done_calls += calls;
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         for (it, stems) in items.iter().zip(x) {

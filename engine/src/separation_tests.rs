@@ -84,3 +84,60 @@ fn file_stream_matches_memory_and_cancel_leaves_nothing() {
     assert_eq!(left, vec![std::ffi::OsString::from("mix.wav")]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Averaged separation is the mean of separate posterior samples (sample k of an item draws from
+/// `sample_seed(seed, k)`), and one sample is a plain run bit for bit.
+#[test]
+fn averaged_separation_is_the_mean_of_its_posterior_samples() {
+    use crate::noise::ItemNoise;
+    use crate::separator::{sample_seed, separate_mean, MAX_AVERAGE};
+    let m = tiny_model();
+    let a = mix(22_050, 1024);
+    let y = Tensor::from_vec([a.channels[0].clone(), a.channels[1].clone()].concat(), (2, 1, 1024), &Device::Cpu).unwrap();
+    let s = Settings { steps: 3, ..Settings::separation() };
+    let (config, d) = (s.sampler_config(), m.stems_denoiser());
+    let seeds = [3u64, 7];
+    let plain = |k: usize| {
+        let mut noise = ItemNoise::new(&seeds.map(|s| sample_seed(s, k)));
+        separator::separate(d, &y, s.likelihood, &config, &mut noise, &mut |_, _| true).unwrap()
+    };
+    let vec4 = |t: &Tensor| t.to_vec3::<f32>().unwrap();
+    let one = separate_mean(d, &y, s.likelihood, &config, &seeds, 1, &mut |_, _| true).unwrap();
+    assert_eq!(vec4(&one), vec4(&plain(0)));
+    let three = separate_mean(d, &y, s.likelihood, &config, &seeds, 3, &mut |_, _| true).unwrap();
+    // the same six runs in one batch, the mean taken by hand: sample k of item b is row k·2 + b
+    let all: Vec<u64> = (0..3).flat_map(|k| seeds.map(|s| sample_seed(s, k))).collect();
+    let batch = separator::separate(d, &y.repeat((3, 1, 1)).unwrap(), s.likelihood, &config, &mut ItemNoise::new(&all), &mut |_, _| true).unwrap();
+    let row = |k: usize| batch.narrow(0, 2 * k, 2).unwrap();
+    let by_hand = ((row(0) + row(1)).unwrap() + row(2)).unwrap().affine(1.0 / 3.0, 0.0).unwrap();
+    let max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let gap = max((&three - &by_hand).unwrap());
+    assert!(gap < 1e-6, "the mean against the batch's samples averaged by hand: {gap}");
+    // and each of those samples is the one a plain run with its seed makes (batch size changes
+    // the float rounding a little, which sampling carries along)
+    let samples: Vec<Tensor> = (0..3).map(plain).collect();
+    for (k, sample) in samples.iter().enumerate() {
+        let d = max((row(k) - sample).unwrap());
+        assert!(d < 2e-3 * max(sample.clone()), "sample {k} differs from its plain run by {d}");
+    }
+    let spread = max((&samples[0] - &samples[1]).unwrap());
+    assert!(spread > 0.05 * max(samples[0].clone()), "the samples must differ for a mean to mean anything: {spread}");
+    for bad in [0, MAX_AVERAGE + 1] {
+        let err = separate_mean(d, &y, s.likelihood, &config, &seeds, bad, &mut |_, _| true).unwrap_err();
+        assert!(err.to_string().contains("posterior samples"), "{err}");
+        assert!(Settings { average: bad, ..s.clone() }.validate().is_err());
+    }
+}
+
+/// The streaming separation averages when asked: the stems change and, with the Dirac
+/// likelihood, still sum to the input.
+#[test]
+fn streaming_separation_averages_posterior_samples() {
+    let m = tiny_model();
+    let a = mix(44_100, 5_000);
+    let s = Settings { steps: 2, ..Settings::separation() };
+    let (single, _) = run_buffer(&m, &a, &s, usize::MAX);
+    let (mean, report) = run_buffer(&m, &a, &Settings { average: 2, ..s }, 777);
+    assert!(report.residual_max < 1e-5, "{}", report.residual_max);
+    assert_ne!(mean, single);
+}
