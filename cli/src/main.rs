@@ -196,8 +196,16 @@ pub struct SamplingArgs {
     #[arg(long, value_name = "PHI")]
     pub guidance_rescale: Option<f32>,
     /// Separation: average N posterior samples per window (each costs a full separation; the stems still sum to the mix)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_average)]
     pub average: Option<usize>,
+}
+
+fn parse_average(s: &str) -> Result<usize, String> {
+    let max = msdm::separator::MAX_AVERAGE;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("average {s}: give 1 to {max} posterior samples per window")),
+    }
 }
 
 fn parse_interval(s: &str) -> Result<(f32, f32), String> {
