@@ -90,7 +90,7 @@ pub struct Settings {
     pub seed: u64,
     /// Downmix to mono before processing.
     pub mono: bool,
-    /// Windows (× channels) per network call in separation.
+    /// Windows (× channels × posterior samples averaged) per network call in separation.
     pub batch: usize,
     /// Imputation with a per-stem σ model: guidance weight on the given stems (see
     /// [`SamplerConfig::guidance`]); 0 = none.

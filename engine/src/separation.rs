@@ -34,7 +34,7 @@ pub fn overlap(window: usize) -> usize {
 /// How separation runs a mix of `len22` frames at the model's rate: its windows × channels in
 /// `count` near-equal batches of `size` items, at most `batch` (5 windows with batch 4 run as
 /// 3 + 2). The pipeline and the time prediction both plan with this, so the predicted
-/// calls are the calls made.
+/// calls are the calls made. `batch` is [`windows_per_call`].
 pub(crate) struct Batches {
     pub count: usize,
     pub size: usize,
@@ -44,6 +44,12 @@ pub(crate) fn batches(len22: usize, window: usize, channels: usize, batch: usize
     let items = audio::plan(len22, window, overlap(window)).len() * channels;
     let size = items.div_ceil(items.div_ceil(batch.max(1)).max(1)).max(1);
     Batches { count: items.div_ceil(size), size }
+}
+
+/// Windows (× channels) per network call: `batch` counts the posterior samples averaged too, so
+/// averaging does not multiply a call's memory (at least one window per call).
+pub(crate) fn windows_per_call(settings: &Settings) -> usize {
+    (settings.batch / settings.average.max(1)).max(1)
 }
 
 /// Frames of the residual rule's energy frames (at the input rate).
@@ -140,7 +146,7 @@ impl<'m> Pipeline<'m> {
         let config = settings.sampler_config();
         let down = StreamResampler::new(rate, MODEL_RATE, channels)?;
         let expected22 = source.frames_hint().map(|n| down.output_len(n));
-        let batches = batches(expected22.unwrap_or(window), window, channels, settings.batch);
+        let batches = batches(expected22.unwrap_or(window), window, channels, windows_per_call(settings));
         let gaussian = matches!(settings.likelihood, Likelihood::Gaussian { .. });
         Ok(Self {
             model,

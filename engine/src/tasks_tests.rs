@@ -148,6 +148,7 @@ fn predicted_calls_are_the_calls_made() {
     let jobs = [
         (Job::Separate { mix: stereo.clone() }, Settings { batch: 3, ..quick(Settings::separation()) }),
         (Job::Separate { mix: tone(44_100, 7000, 1) }, Settings { batch: 8, ..quick(Settings::separation()) }),
+        (Job::Separate { mix: stereo.clone() }, Settings { batch: 4, average: 2, ..quick(Settings::separation()) }),
         (
             Job::Impute { given: vec![Given::Generate, Given::Audio(stereo), Given::Silent, Given::Generate] },
             quick(Settings::imputation()),
@@ -163,8 +164,12 @@ fn predicted_calls_are_the_calls_made() {
             true
         })
         .unwrap();
-        let (planned, _) = plan_calls(&m, &job, &settings);
+        let (planned, items) = plan_calls(&m, &job, &settings);
         assert!(calls > settings.steps, "one window only: the test would not see a batch plan");
+        if let Job::Separate { .. } = job {
+            // the posterior samples averaged count against the batch: memory stays bounded
+            assert!(items <= settings.batch && items % settings.average == 0, "job {k}: {items} items per call");
+        }
         assert_eq!((planned, last.map(|p| p.total)), (calls, Some(calls)), "job {k}");
     }
 }
