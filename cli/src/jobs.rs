@@ -93,7 +93,8 @@ pub(crate) fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>
 }
 
 pub(crate) fn describe(s: &Settings) -> String {
-    format!("{} steps x {} resamples, churn {}, seed {}", s.steps, s.resamples, s.churn, s.seed)
+    let mean = if s.average > 1 { format!(", the mean of {} samples per window", s.average) } else { String::new() };
+    format!("{} steps x {} resamples, churn {}, seed {}{mean}", s.steps, s.resamples, s.churn, s.seed)
 }
 
 /// One take: runs `sample` under a progress bar, writes its stems into `dir` (named `names`,
