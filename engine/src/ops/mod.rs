@@ -31,7 +31,8 @@
 //! | [`attention`] | attention.rs (+ attention_grad.rs) | composite | one op, backward by hand | softmax in the tensor's dtype |
 //! | [`cat_scaled`] | cat_scaled.rs | composite | composite | one kernel |
 //! | [`gelu`] | activation.rs | one vectorized pass | one op, one-pass backward | composite |
-//! | [`silu`], [`patch`], [`unpatch`], [`upsample_nearest`] | activation.rs, patch.rs | composite | composite | composite |
+//! | [`patch`], [`unpatch`] | patch.rs | tiled transpose | composite | composite |
+//! | [`silu`], [`upsample_nearest`] | activation.rs, patch.rs | composite | composite | composite |
 //!
 //! The pieces of the gemm forms (columns.rs: im2col; channel.rs: per-channel bias and affine)
 //! take the path of the op that uses them. Our convolutions never call candle's `conv1d` (its CPU
