@@ -1,5 +1,6 @@
-//! The multi-head attention core ([`attention`]). In training on the CPU ([`Path::CpuGrad`]) one
-//! op with a hand-written backward (attention_grad.rs); otherwise candle ops, in two precisions:
+//! The multi-head attention core ([`attention`]). On the CPU ([`Path::CpuGrad`], and its forward
+//! alone on [`Path::FastCpu`]) one op with a hand-written backward (attention_grad.rs); otherwise
+//! candle ops, in two precisions:
 //! on [`Path::Cuda`] the softmax is candle's fused kernel in the tensors' own dtype (it
 //! accumulates in f32); on every other path the scores are cast to f32 for the softmax and back.
 
@@ -16,7 +17,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
         || format!("attention {:?}", q.dims()),
         || match path_for(&[q, k, v]) {
             Path::CpuGrad => q.apply_op3(k, v, AttentionOp { heads }),
-            path @ (Path::FastCpu | Path::Cuda | Path::Composite) => attention_in(q, k, v, heads, path),
+            // the same op's forward: per head two gemms and a softmax in place, where the
+            // composite form copies each head split and casts the scores twice
+            Path::FastCpu => q.apply_op3_no_bwd(k, v, &AttentionOp { heads }),
+            path @ (Path::Cuda | Path::Composite) => attention_in(q, k, v, heads, path),
         },
     )
 }
@@ -74,6 +78,10 @@ mod tests {
                 (y, g.get(q.as_tensor()).unwrap().clone(), g.get(kv.as_tensor()).unwrap().clone())
             };
             let ours = run(&|q, k, v| attention(q, k, v, heads).unwrap());
+            // inference (no gradient tracked): the op's forward alone
+            let (k, v) = (kv.narrow(2, 0, hd).unwrap().detach(), kv.narrow(2, hd, hd).unwrap().detach());
+            let (fast, plain) = (attention(&q.as_tensor().detach(), &k, &v, heads).unwrap(), attention_composite(&q.as_tensor().detach(), &k, &v, heads).unwrap());
+            assert!(rel_diff(&fast, &plain) < 1e-5, "inference: values differ by {}", rel_diff(&fast, &plain));
             let oracle = run(&|q, k, v| attention_composite(q, k, v, heads).unwrap());
             let what = format!("b {b}, tq {tq}, tk {tk}, heads {heads}, d {d}");
             assert!(rel_diff(&ours.0, &oracle.0) < 1e-5, "{what}: values differ by {}", rel_diff(&ours.0, &oracle.0));

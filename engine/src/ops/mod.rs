@@ -28,7 +28,7 @@
 //! | [`group_norm_scale_shift_silu`] | group_norm.rs (+ group_norm_grad.rs) | fused kernel | fused op, backward by hand | fused kernel |
 //! | [`layer_norm_no_bias`] | layer_norm.rs (+ layer_norm_grad.rs) | one kernel | one op, backward by hand | one kernel |
 //! | [`linear`] | linear.rs | weight read in place | composite | composite |
-//! | [`attention`] | attention.rs (+ attention_grad.rs) | composite | one op, backward by hand | softmax in the tensor's dtype |
+//! | [`attention`] | attention.rs (+ attention_grad.rs) | the CpuGrad op's forward | one op, backward by hand | softmax in the tensor's dtype |
 //! | [`cat_scaled`] | cat_scaled.rs | composite | composite | one kernel |
 //! | [`gelu`] | activation.rs | one vectorized pass | one op, one-pass backward | composite |
 //! | [`patch`], [`unpatch`] | patch.rs | tiled transpose | composite | composite |
