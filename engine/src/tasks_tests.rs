@@ -134,11 +134,18 @@ fn guided_imputation_is_predicted_at_two_calls_per_step() {
 }
 
 #[test]
-fn gaussian_settings_take_the_released_churn_only_over_released_defaults() {
+fn gaussian_settings_take_the_released_gaussian_schedule_over_a_dirac_one() {
     assert_eq!(Settings::separation().with_gaussian(0.75), Settings::separation_gaussian());
-    let own = Settings { steps: 48, churn: 0.0, resamples: 1, ..Settings::separation() };
-    let g = own.clone().with_gaussian(0.5);
-    assert_eq!((g.churn, g.steps, g.likelihood), (0.0, 48, Likelihood::Gaussian { gamma_coeff: 0.5 }));
+    // a model file's Dirac defaults (the bundled file's schedule): only seed, mono, batch and
+    // average come along
+    let own = Settings { steps: 16, churn: 2.0, sigma_max: 0.3, seed: 7, mono: true, batch: 3, average: 2, ..Settings::separation() };
+    let g = own.with_gaussian(0.5);
+    let want = Settings { likelihood: Likelihood::Gaussian { gamma_coeff: 0.5 }, seed: 7, mono: true, batch: 3, average: 2, ..Settings::separation_gaussian() };
+    assert_eq!(g, want);
+    // Gaussian settings keep their own schedule, with the γ asked for
+    let own_gaussian = Settings { steps: 48, churn: 0.0, resamples: 1, ..Settings::separation_gaussian() };
+    let g = own_gaussian.with_gaussian(0.5);
+    assert_eq!((g.churn, g.steps, g.resamples, g.likelihood), (0.0, 48, 1, Likelihood::Gaussian { gamma_coeff: 0.5 }));
 }
 
 #[test]
