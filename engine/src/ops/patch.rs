@@ -68,8 +68,8 @@ fn transpose_blocks(x: &[f32], count: usize, rows: usize, cols: usize) -> Vec<f3
             let r1 = (r0 + TILE).min(rows);
             for c0 in (0..cols).step_by(TILE) {
                 let c1 = (c0 + TILE).min(cols);
-                // The inner loop walks the side whose other stride is the shorter one: a stride of
-                // a whole power-of-two window puts every line of the tile in one cache set.
+                // The inner loop runs along the smaller of the two dimensions' strides: striding
+                // by a whole power-of-two window would put every line of a tile in one cache set.
                 if cols <= rows {
                     for c in c0..c1 {
                         for r in r0..r1 {
