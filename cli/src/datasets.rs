@@ -115,7 +115,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let model = crate::jobs::load_model(args.model.as_deref(), &args.device)?;
     let tracks = ChunkedTracks::open(&args.data, &args.split, model.window())?;
     let base = crate::jobs::separation_settings(&model, args.likelihood, args.constrained_source.as_deref(), 0.75)?;
-    let settings = crate::jobs::settings(base, &args.sampling, false);
+    let settings = crate::jobs::settings(base, &args.sampling, false)?;
     let config = settings.sampler_config();
     let likelihood: Likelihood = settings.likelihood;
     let device = model.device().clone();

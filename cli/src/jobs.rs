@@ -38,13 +38,15 @@ pub(crate) fn job_model(out: &OutputArgs) -> Result<Model> {
     }
 }
 
-/// The job's settings: `base` with the command line's overrides.
-pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
-    Settings {
+/// The job's settings: `base` with the command line's overrides, checked before any work starts.
+pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Result<Settings> {
+    let settings = Settings {
         steps: s.steps.unwrap_or(base.steps),
         churn: s.churn.unwrap_or(base.churn),
         resamples: s.resamples.unwrap_or(base.resamples),
         sigma_max: s.sigma_max.unwrap_or(base.sigma_max),
+        sigma_min: s.sigma_min.unwrap_or(base.sigma_min),
+        rho: s.rho.unwrap_or(base.rho),
         batch: s.batch.unwrap_or(base.batch),
         guidance: s.guidance.unwrap_or(base.guidance),
         guidance_interval: s.guidance_interval.or(base.guidance_interval),
@@ -53,7 +55,9 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Settings {
         seed: s.seed,
         mono,
         ..base
-    }
+    };
+    settings.validate()?;
+    Ok(settings)
 }
 
 pub(crate) fn format(f: FormatArg) -> SampleFormat {
@@ -228,7 +232,7 @@ pub fn separate(
     only_for_imputation(sampling, "separate")?;
     let model = job_model(out)?;
     let base = separation_settings(&model, likelihood, constrained, gamma_coeff)?;
-    separate_takes(&model, input, &settings(base, sampling, out.mono), out)
+    separate_takes(&model, input, &settings(base, sampling, out.mono)?, out)
 }
 
 /// The guidance options guide imputation by its given stems; other jobs have none to guide by.
@@ -254,7 +258,7 @@ pub fn generate(out: &OutputArgs, sampling: &SamplingArgs, seconds: f64, rate: u
     let model = job_model(out)?;
     let job = Job::Generate { seconds, rate, channels };
     let base = Settings::for_job(&job, &model);
-    run_takes(&model, &job, &settings(base, sampling, out.mono), out)
+    run_takes(&model, &job, &settings(base, sampling, out.mono)?, out)
 }
 
 pub fn impute(given: &[String], out: &OutputArgs, sampling: &SamplingArgs) -> Result<()> {
@@ -276,5 +280,5 @@ pub fn impute(given: &[String], out: &OutputArgs, sampling: &SamplingArgs) -> Re
     }
     let job = Job::Impute { given };
     let base = Settings::for_job(&job, &model);
-    run_takes(&model, &job, &settings(base, sampling, out.mono), out)
+    run_takes(&model, &job, &settings(base, sampling, out.mono)?, out)
 }

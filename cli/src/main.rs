@@ -180,6 +180,12 @@ pub struct SamplingArgs {
     /// Highest noise level σ_max
     #[arg(long)]
     pub sigma_max: Option<f32>,
+    /// Lowest noise level σ_min of the schedule (before the last step to 0)
+    #[arg(long)]
+    pub sigma_min: Option<f32>,
+    /// The schedule's ρ (Karras et al.): higher puts more steps at low noise
+    #[arg(long)]
+    pub rho: Option<f32>,
     /// Random seed
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

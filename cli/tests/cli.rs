@@ -151,6 +151,10 @@ fn bad_inputs_get_clear_errors() {
     assert!(err.contains("--average averages separations") && err.contains("--takes"), "{err}");
     let err = fails(&["separate", s(&fx.join("sine_44k1_stereo_i16.wav")), "-o", s(&out), "--model", m, "--average", "0"]);
     assert!(err.contains("average 0") && err.contains("posterior samples"), "{err}");
+    for bad in [["--sigma-min", "2"], ["--rho", "0"], ["--sigma-min", "0"]] {
+        let err = fails(&["separate", s(&fx.join("sine_44k1_stereo_i16.wav")), "-o", s(&out), "--model", m, bad[0], bad[1]]);
+        assert!(err.contains("sigma_min < sigma_max") && err.contains("rho > 0"), "{bad:?}: {err}");
+    }
     assert!(!out.join("bass.wav").exists(), "nothing is written on errors");
 }
 

@@ -236,7 +236,13 @@ impl Settings {
             bail!("batch {}: at most {MAX_BATCH}", self.batch);
         }
         if !(self.sigma_min > 0.0 && self.sigma_max > self.sigma_min && self.sigma_max.is_finite() && self.rho > 0.0 && self.rho.is_finite()) {
-            bail!("need 0 < sigma_min < sigma_max and rho > 0, all finite");
+            bail!(
+                "the noise schedule needs 0 < sigma_min < sigma_max and rho > 0, all finite (got sigma_min {}, sigma_max {}, rho {}; \
+                 set them with --sigma-min, --sigma-max and --rho)",
+                self.sigma_min,
+                self.sigma_max,
+                self.rho
+            );
         }
         if !(self.churn >= 0.0 && self.churn.is_finite()) {
             bail!("churn must be finite and ≥ 0");
