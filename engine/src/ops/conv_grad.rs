@@ -26,7 +26,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{filled_rows, gemm_acc_serial, storage_f32, sum_in_order, with_f32};
+use super::cpu::{filled_rows, gemm_acc_serial, storage_f32, sum_in_order, transpose, with_f32};
 use super::conv_small::{self, Tap};
 use super::{profile, simd};
 
@@ -242,20 +242,6 @@ impl Op {
             }
         }
         taps
-    }
-}
-
-/// `dst[t, r] = src[r, t]` for `src` `[rows, cols]`, in 16-column strips (serial: called per
-/// batch item from a parallel loop).
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const STRIP: usize = 16;
-    for c0 in (0..cols).step_by(STRIP) {
-        let c1 = (c0 + STRIP).min(cols);
-        for r in 0..rows {
-            for (c, &v) in (c0..c1).zip(&src[r * cols + c0..r * cols + c1]) {
-                dst[c * rows + r] = v;
-            }
-        }
     }
 }
 

@@ -95,6 +95,32 @@ pub fn filled_rows(rows: usize, len: usize, value: impl Fn(usize) -> f32 + Sync)
     v
 }
 
+/// `dst[c, r] = src[r, c]` for `src` `[rows, cols]` (serial: callers run it per matrix from a
+/// parallel loop). Wide matrices go in 16-column strips, each read row by row; tall ones column by
+/// column, so the writes stay contiguous: a strip of a tall matrix would write 16 streams a whole
+/// power-of-two column apart (4,096 floats for the patch of a window), all in one cache set.
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const STRIP: usize = 16;
+    expect_len("transpose input", src, rows * cols);
+    expect_len("transpose output", dst, rows * cols);
+    if cols > rows {
+        for c0 in (0..cols).step_by(STRIP) {
+            let c1 = (c0 + STRIP).min(cols);
+            for r in 0..rows {
+                for (c, &v) in (c0..c1).zip(&src[r * cols + c0..r * cols + c1]) {
+                    dst[c * rows + r] = v;
+                }
+            }
+        }
+    } else {
+        for (c, column) in dst.chunks_exact_mut(rows.max(1)).enumerate() {
+            for (r, d) in column.iter_mut().enumerate() {
+                *d = src[r * cols + c];
+            }
+        }
+    }
+}
+
 fn parallelism() -> gemm::Parallelism {
     let n = rayon::current_num_threads();
     if n > 1 {

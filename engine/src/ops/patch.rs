@@ -7,7 +7,7 @@
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::with_f32;
+use super::cpu::{expect_len, transpose, with_f32};
 use super::path::{path_for, Path};
 use super::profile;
 
@@ -54,38 +54,14 @@ pub fn unpatch(x: &Tensor, p: usize) -> Result<Tensor> {
     })
 }
 
-/// `count` row-major `[rows, cols]` matrices, each transposed to `[cols, rows]`, in tiles.
+/// `count` row-major `[rows, cols]` matrices, each transposed to `[cols, rows]`.
 fn transpose_blocks(x: &[f32], count: usize, rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 16;
     let n = rows * cols;
-    super::cpu::expect_len("transpose input", x, count * n);
+    expect_len("transpose input", x, count * n);
     let mut y = vec![0f32; count * n];
-    if n == 0 {
-        return y;
+    if n > 0 {
+        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(ym, xm)| transpose(xm, rows, cols, ym));
     }
-    y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(ym, xm)| {
-        for r0 in (0..rows).step_by(TILE) {
-            let r1 = (r0 + TILE).min(rows);
-            for c0 in (0..cols).step_by(TILE) {
-                let c1 = (c0 + TILE).min(cols);
-                // The inner loop runs along the smaller of the two dimensions' strides: striding
-                // by a whole power-of-two window would put every line of a tile in one cache set.
-                if cols <= rows {
-                    for c in c0..c1 {
-                        for r in r0..r1 {
-                            ym[c * rows + r] = xm[r * cols + c];
-                        }
-                    }
-                } else {
-                    for r in r0..r1 {
-                        for c in c0..c1 {
-                            ym[c * rows + r] = xm[r * cols + c];
-                        }
-                    }
-                }
-            }
-        }
-    });
     y
 }
 
