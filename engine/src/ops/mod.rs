@@ -31,7 +31,7 @@
 //! | [`attention`] | attention.rs (+ attention_grad.rs) | the CpuGrad op's forward | one op, backward by hand | softmax in the tensor's dtype |
 //! | [`cat_scaled`] | cat_scaled.rs | composite | composite | one kernel |
 //! | [`gelu`] | activation.rs | one vectorized pass | one op, one-pass backward | composite |
-//! | [`patch`], [`unpatch`] | patch.rs | tiled transpose | composite | composite |
+//! | [`patch`], [`unpatch`] | patch.rs | cpu.rs's transpose per channel | composite | composite |
 //! | [`silu`], [`upsample_nearest`] | activation.rs, patch.rs | composite | composite | composite |
 //!
 //! The pieces of the gemm forms (columns.rs: im2col; channel.rs: per-channel bias and affine)
