@@ -120,7 +120,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let likelihood: Likelihood = settings.likelihood;
     let device = model.device().clone();
     eprintln!(
-        "evaluating {} on {} / {} ({} tracks), {:?}, {} steps x {} resamples, churn {}{}",
+        "evaluating {} on {} / {} ({} tracks), {:?}, {} steps x {} resamples, churn {}{}{}",
         model.id(),
         args.data.display(),
         args.split,
@@ -129,7 +129,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         settings.steps,
         settings.resamples,
         settings.churn,
-        if settings.average > 1 { format!(", mean of {} samples", settings.average) } else { String::new() }
+        if settings.average > 1 { format!(", mean of {} samples", settings.average) } else { String::new() },
+        settings.wiener.map(|w| format!(", Wiener post-filter (frame {}, exponent {})", w.frame, w.exponent)).unwrap_or_default()
     );
     let window = model.window();
     let mut chunk_index = 0u64;
@@ -137,7 +138,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         let y = Tensor::from_vec(mix.to_vec(), (1, 1, window), &device)?;
         let seed = settings.seed.wrapping_add(chunk_index);
         chunk_index += 1;
-        let x = separate_mean(model.stems_denoiser(), &y, likelihood, &config, &[seed], settings.average, &mut |_, _| true)?;
+        let x = separate_mean(model.stems_denoiser(), &y, likelihood, &config, &[seed], settings.average, settings.wiener.as_ref(), &mut |_, _| true)?;
         Ok(x.squeeze(0)?.to_device(&Device::Cpu)?.to_vec2()?)
     };
     let pb = crate::progress::bar(args.quiet, "eval");

@@ -9,6 +9,7 @@ use msdm::audio::{self, AudioReader, OutputPolicy, ReadOptions, SampleFormat, Wa
 use msdm::model_file::{bundled_model_path, Model};
 use msdm::separation::{self, FrameSource};
 use msdm::separator::Likelihood;
+use msdm::wiener::WienerFilter;
 use msdm::tasks::{self, Given, Job, Settings};
 
 use crate::{FormatArg, LikelihoodArg, OutputArgs, SamplingArgs};
@@ -52,12 +53,24 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Result<Settings
         guidance_interval: s.guidance_interval.or(base.guidance_interval),
         guidance_rescale: s.guidance_rescale.unwrap_or(base.guidance_rescale),
         average: s.average.unwrap_or(base.average),
+        wiener: wiener(base.wiener, s.wiener, s.wiener_exponent),
         seed: s.seed,
         mono,
         ..base
     };
     settings.validate()?;
     Ok(settings)
+}
+
+/// The Wiener post-filter from the model's default and the command line: `--wiener 0` turns it
+/// off, either option alone changes that one number of the default (or of
+/// [`WienerFilter::DEFAULT`] where the model has none).
+fn wiener(base: Option<WienerFilter>, frame: Option<usize>, exponent: Option<f32>) -> Option<WienerFilter> {
+    if frame == Some(0) || (frame.is_none() && exponent.is_none()) {
+        return if frame == Some(0) { None } else { base };
+    }
+    let b = base.unwrap_or(WienerFilter::DEFAULT);
+    Some(WienerFilter { frame: frame.unwrap_or(b.frame), exponent: exponent.unwrap_or(b.exponent) })
 }
 
 pub(crate) fn format(f: FormatArg) -> SampleFormat {
@@ -98,7 +111,11 @@ pub(crate) fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>
 
 pub(crate) fn describe(s: &Settings) -> String {
     let mean = if s.average > 1 { format!(", the mean of {} samples per window", s.average) } else { String::new() };
-    format!("{} steps x {} resamples, churn {}, seed {}{mean}", s.steps, s.resamples, s.churn, s.seed)
+    let wiener = match s.wiener {
+        Some(w) => format!(", Wiener post-filter (frame {}, exponent {})", w.frame, w.exponent),
+        None => String::new(),
+    };
+    format!("{} steps x {} resamples, churn {}, seed {}{mean}{wiener}", s.steps, s.resamples, s.churn, s.seed)
 }
 
 /// One take: runs `sample` under a progress bar, writes its stems into `dir` (named `names`,
@@ -248,6 +265,9 @@ fn only_for_imputation(s: &SamplingArgs, command: &str) -> Result<()> {
 pub(crate) fn only_for_separation(s: &SamplingArgs, command: &str) -> Result<()> {
     if s.average.is_some() {
         bail!("--average averages separations of a mix (msdm separate, msdm eval); `msdm {command}` makes new material, where a mean of takes is a blur: leave it out (use --takes N for several takes)");
+    }
+    if s.wiener.is_some() || s.wiener_exponent.is_some() {
+        bail!("--wiener and --wiener-exponent filter separated stems against their mix (msdm separate, msdm eval); `msdm {command}` has no mix to share out: leave them out");
     }
     Ok(())
 }

@@ -204,6 +204,12 @@ pub struct SamplingArgs {
     /// Separation: average N posterior samples per window (each costs a full separation; the stems still sum to the mix)
     #[arg(long, value_name = "N", value_parser = parse_average)]
     pub average: Option<usize>,
+    /// Separation: the Wiener post-filter's frame in samples at 22,050 Hz (0 turns it off; the bundled model's default is 16384)
+    #[arg(long, value_name = "FRAME")]
+    pub wiener: Option<usize>,
+    /// Separation: the exponent of the stem magnitudes that make the Wiener post-filter's masks (default 1.25)
+    #[arg(long, value_name = "P")]
+    pub wiener_exponent: Option<f32>,
 }
 
 fn parse_average(s: &str) -> Result<usize, String> {

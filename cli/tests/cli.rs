@@ -181,7 +181,8 @@ fn exported_model_carries_its_default_settings() {
     std::fs::write(
         &defaults,
         r#"{"separate": {"steps": 3, "churn": 5.0, "resamples": 1, "sigma_min": 0.0001, "sigma_max": 1.0, "rho": 7.0,
-            "likelihood": {"dirac": {"constrained": 0}}, "seed": 0, "mono": false, "batch": 2}}"#,
+            "likelihood": {"dirac": {"constrained": 0}}, "seed": 0, "mono": false, "batch": 2,
+            "wiener": {"frame": 1024, "exponent": 1.5}}}"#,
     )
     .unwrap();
     let shipped = tmp.path().join("shipped.safetensors");
@@ -190,9 +191,26 @@ fn exported_model_carries_its_default_settings() {
     let input = repo().join("tests/fixtures/audio/sine_22k05_mono_f32.wav");
     let text = ok(&["separate", s(&input), "-o", s(&tmp.path().join("o")), "--model", s(&shipped)]);
     assert!(text.contains("3 steps x 1 resamples, churn 5"), "{text}");
+    assert!(text.contains("Wiener post-filter (frame 1024, exponent 1.5)"), "{text}");
     // the command line still wins
     let text = ok(&["separate", s(&input), "-o", s(&tmp.path().join("o2")), "--model", s(&shipped), "--steps", "2", "-q"]);
     assert!(text.contains("2 steps x 1 resamples"), "{text}");
+    let text = ok(&["separate", s(&input), "-o", s(&tmp.path().join("o3")), "--model", s(&shipped), "--wiener-exponent", "2"]);
+    assert!(text.contains("Wiener post-filter (frame 1024, exponent 2)"), "{text}");
+    let text = ok(&["separate", s(&input), "-o", s(&tmp.path().join("o4")), "--model", s(&shipped), "--wiener", "0"]);
+    assert!(text.contains("3 steps x 1 resamples") && !text.contains("Wiener"), "{text}");
+    // the filter changes the stems, and they still sum to the mix (the Dirac likelihood)
+    let read = |dir: &str, stem: &str| msdm::audio::read_audio(&tmp.path().join(dir).join(format!("{stem}.wav"))).unwrap().channels;
+    let mix = msdm::audio::read_audio(&input).unwrap().channels;
+    let (filtered, plain) = (read("o", "bass"), read("o4", "bass"));
+    assert_ne!(filtered, plain, "the Wiener post-filter left the stems as they were");
+    let sum: Vec<f32> = (0..mix[0].len()).map(|i| ["bass", "drums", "guitar", "piano"].iter().map(|st| read("o", st)[0][i]).sum()).collect();
+    let err = sum.iter().zip(&mix[0]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err < 1e-4, "the filtered stems miss the mix by {err}");
+    let err = fails(&["separate", s(&input), "-o", s(&tmp.path().join("o5")), "--model", s(&shipped), "--wiener", "1026"]);
+    assert!(err.contains("Wiener frame 1026") && err.contains("--wiener"), "{err}");
+    let err = fails(&["generate", "--seconds", "1", "-o", s(&tmp.path().join("o6")), "--model", s(&shipped), "--wiener", "4096"]);
+    assert!(err.contains("no mix to share out"), "{err}");
     // bad defaults are refused
     std::fs::write(&defaults, r#"{"separate": {"steps": "many"}}"#).unwrap();
     let err = fails(&["export", s(&model), "-o", s(&tmp.path().join("bad.safetensors")), "--defaults", s(&defaults)]);

@@ -11,6 +11,7 @@ use crate::model_file::Model;
 use crate::sampler::SamplerConfig;
 use crate::schedule::karras;
 use crate::separator::Likelihood;
+use crate::wiener::WienerFilter;
 
 /// What to do.
 #[derive(Clone, Debug)]
@@ -107,6 +108,10 @@ pub struct Settings {
     /// 1 = one sample, as the paper. Each costs a full separation.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub average: usize,
+    /// Separation: the Wiener post-filter applied to each window's stems; absent (the released
+    /// settings, and files that do not store it): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wiener: Option<WienerFilter>,
 }
 
 fn is_zero(x: &f32) -> bool {
@@ -143,6 +148,7 @@ impl Settings {
             guidance_interval: None,
             guidance_rescale: 0.0,
             average: 1,
+            wiener: None,
         }
     }
 
@@ -189,7 +195,7 @@ impl Settings {
     /// These settings with the Gaussian likelihood (γ = `gamma_coeff`·σ). A schedule tuned for the
     /// Dirac likelihood (the released one, or a model file's stored separation defaults) does not
     /// carry over: the Gaussian takes the released Gaussian schedule (steps, resamples, S_churn,
-    /// σ range, ρ) and keeps only the seed, mono, batch and average. With the bundled file's Dirac
+    /// σ range, ρ) and keeps only the seed, mono, batch, average and Wiener post-filter. With the bundled file's Dirac
     /// schedule (16 × 2 from σ 0.3) the Gaussian scored −21.8 dB SI-SDRi on the test songs.
     /// Settings that are Gaussian already keep their schedule.
     pub fn with_gaussian(self, gamma_coeff: f32) -> Self {
@@ -202,6 +208,7 @@ impl Settings {
                 mono: self.mono,
                 batch: self.batch,
                 average: self.average,
+                wiener: self.wiener,
                 ..Self::separation_gaussian()
             },
         }
@@ -261,6 +268,9 @@ impl Settings {
                 bail!("guidance interval {lo},{hi}: give two noise levels 0 ≤ LO ≤ HI, e.g. 0.3,5");
             }
         }
+        if let Some(w) = &self.wiener {
+            w.validate()?;
+        }
         if let Likelihood::Gaussian { gamma_coeff } = self.likelihood {
             if !(gamma_coeff >= 0.0 && gamma_coeff.is_finite()) {
                 bail!("the Gaussian likelihood's gamma_coeff must be finite and ≥ 0 (got {gamma_coeff})");
@@ -292,6 +302,20 @@ pub struct StemSet {
 #[cfg(test)]
 mod given_tests {
     use super::*;
+
+    /// Stored defaults without a Wiener post-filter (every file before 2026-12-07, and the
+    /// released settings) read as none; one that is stored comes back; a bad one is refused.
+    #[test]
+    fn the_wiener_post_filter_in_stored_settings() {
+        let mut v = serde_json::to_value(Settings { steps: 16, ..Settings::separation() }).unwrap();
+        assert!(v.get("wiener").is_none(), "the released settings store no post-filter: {v}");
+        assert_eq!(crate::args::parse_settings(&v).unwrap().wiener, None);
+        v["wiener"] = serde_json::json!({"frame": 16384, "exponent": 1.25});
+        assert_eq!(crate::args::parse_settings(&v).unwrap().wiener, Some(WienerFilter::DEFAULT));
+        v["wiener"] = serde_json::json!({"frame": 3, "exponent": 1.25});
+        let err = format!("{:#}", crate::args::parse_settings(&v).unwrap_err());
+        assert!(err.contains("Wiener frame 3"), "{err}");
+    }
 
     #[test]
     fn given_stems_of_other_rates_and_lengths_get_a_note_each() {

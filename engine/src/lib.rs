@@ -11,6 +11,7 @@
 //! - [`sampler`]: Euler + churn with resamples, for generation and source imputation;
 //! - [`separator`]: posterior sampling with the Dirac and Gaussian likelihoods;
 //! - [`separation`]: separating a mix of any length as a stream, in flat memory;
+//! - [`wiener`]: the separation post-filter (soft masks from the separated stems);
 //! - [`model_file`]: our self-describing safetensors model format;
 //! - [`transcribe`]: a bass stem to MIDI notes (YIN pitch tracking and note segmentation).
 
@@ -28,6 +29,7 @@ pub mod schedule;
 pub mod separation;
 pub mod stems_io;
 pub mod separator;
+pub mod wiener;
 pub mod unet;
 pub mod train;
 

@@ -295,8 +295,8 @@ impl<'m> Pipeline<'m> {
         self.total_calls = self.total_calls.max(self.done_calls + calls);
         let (before, total) = (self.done_calls, self.total_calls);
         let mut cb = |d: usize, _t: usize| progress(Progress { done: before + d, total });
-        let (likelihood, average) = (self.settings.likelihood, self.settings.average);
-        let x = separator::separate_mean(self.model.stems_denoiser(), &y, likelihood, &self.config, &seeds, average, &mut cb)?;
+        let (likelihood, average, wiener) = (self.settings.likelihood, self.settings.average, self.settings.wiener);
+        let x = separator::separate_mean(self.model.stems_denoiser(), &y, likelihood, &self.config, &seeds, average, wiener.as_ref(), &mut cb)?;
         self.done_calls += calls;
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
         for (it, stems) in items.iter().zip(x) {

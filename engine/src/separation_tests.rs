@@ -102,9 +102,9 @@ fn averaged_separation_is_the_mean_of_its_posterior_samples() {
         separator::separate(d, &y, s.likelihood, &config, &mut noise, &mut |_, _| true).unwrap()
     };
     let vec4 = |t: &Tensor| t.to_vec3::<f32>().unwrap();
-    let one = separate_mean(d, &y, s.likelihood, &config, &seeds, 1, &mut |_, _| true).unwrap();
+    let one = separate_mean(d, &y, s.likelihood, &config, &seeds, 1, None, &mut |_, _| true).unwrap();
     assert_eq!(vec4(&one), vec4(&plain(0)));
-    let three = separate_mean(d, &y, s.likelihood, &config, &seeds, 3, &mut |_, _| true).unwrap();
+    let three = separate_mean(d, &y, s.likelihood, &config, &seeds, 3, None, &mut |_, _| true).unwrap();
     // the same six runs in one batch, the mean taken by hand: sample k of item b is row k·2 + b
     let all: Vec<u64> = (0..3).flat_map(|k| seeds.map(|s| sample_seed(s, k))).collect();
     let batch = separator::separate(d, &y.repeat((3, 1, 1)).unwrap(), s.likelihood, &config, &mut ItemNoise::new(&all), &mut |_, _| true).unwrap();
@@ -123,7 +123,7 @@ fn averaged_separation_is_the_mean_of_its_posterior_samples() {
     let spread = max((&samples[0] - &samples[1]).unwrap());
     assert!(spread > 0.05 * max(samples[0].clone()), "the samples must differ for a mean to mean anything: {spread}");
     for bad in [0, MAX_AVERAGE + 1] {
-        let err = separate_mean(d, &y, s.likelihood, &config, &seeds, bad, &mut |_, _| true).unwrap_err();
+        let err = separate_mean(d, &y, s.likelihood, &config, &seeds, bad, None, &mut |_, _| true).unwrap_err();
         assert!(err.to_string().contains("posterior samples"), "{err}");
         assert!(Settings { average: bad, ..s.clone() }.validate().is_err());
     }
@@ -140,4 +140,20 @@ fn streaming_separation_averages_posterior_samples() {
     let (mean, report) = run_buffer(&m, &a, &Settings { average: 2, ..s }, 777);
     assert!(report.residual_max < 1e-5, "{}", report.residual_max);
     assert_ne!(mean, single);
+}
+
+/// The Wiener post-filter changes the streamed stems, keeps them summing to the input and, like
+/// the rest, does not depend on how the input arrives.
+#[test]
+fn streaming_separation_with_the_wiener_post_filter() {
+    let m = tiny_model();
+    let a = mix(44_100, 5_000);
+    let s = Settings { steps: 2, ..Settings::separation() };
+    let (plain, _) = run_buffer(&m, &a, &s, usize::MAX);
+    let w = Settings { wiener: Some(crate::wiener::WienerFilter { frame: 256, exponent: 1.25 }), ..s };
+    let (filtered, report) = run_buffer(&m, &a, &w, 777);
+    assert!(report.residual_max < 1e-5, "{}", report.residual_max);
+    assert_ne!(filtered, plain);
+    let (whole, _) = run_buffer(&m, &a, &w, usize::MAX);
+    assert_eq!(whole, filtered);
 }

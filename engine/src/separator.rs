@@ -3,11 +3,12 @@
 //! Gaussian likelihood (a soft consistency term with γ(σ) = gamma_coeff·σ).
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use crate::denoiser::Denoiser;
 use crate::noise::{window_seed, DeviceNoise, NoiseSource};
 use crate::sampler::{sample, Posterior, Progress, SamplerConfig};
+use crate::wiener::WienerFilter;
 
 /// Which likelihood links the stems to the mixture.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -59,7 +60,45 @@ pub const MAX_AVERAGE: usize = 16;
 /// where it does not; their mean keeps what they agree on (the posterior mean, the estimate
 /// with the least squared error). The mean's sum is as close to the mixture as its samples'
 /// (the average of their sums). `average` 1 is [`separate`] with noise from `seeds`, bit for bit.
+/// `wiener`: the post-filter applied to each item's (mean) stems ([`WienerFilter`]).
+#[allow(clippy::too_many_arguments)]
 pub fn separate_mean(
+    denoiser: &dyn Denoiser,
+    mixture: &Tensor,
+    likelihood: Likelihood,
+    config: &SamplerConfig,
+    seeds: &[u64],
+    average: usize,
+    wiener: Option<&WienerFilter>,
+    progress: Progress,
+) -> Result<Tensor> {
+    let x = sample_mean(denoiser, mixture, likelihood, config, seeds, average, progress)?;
+    match wiener {
+        Some(w) => post_filter(w, &x, mixture, likelihood),
+        None => Ok(x),
+    }
+}
+
+/// [`WienerFilter::apply`] on every item of `x` `[B, C, T]` against its `mixture` `[B, 1, T]`,
+/// the items in parallel; with the Dirac likelihood the constrained stem takes the rounding, so
+/// the stems sum to the mixture as exactly as before.
+fn post_filter(wiener: &WienerFilter, x: &Tensor, mixture: &Tensor, likelihood: Likelihood) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let shape = x.dims3()?;
+    let device = x.device().clone();
+    let stems: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
+    let mixes: Vec<Vec<f32>> = mixture.to_device(&Device::Cpu)?.squeeze(1)?.to_vec2()?;
+    let residual_to = match likelihood {
+        Likelihood::Dirac { constrained } => Some(constrained),
+        Likelihood::Gaussian { .. } => None,
+    };
+    let out: Vec<Vec<Vec<f32>>> =
+        stems.par_iter().zip(&mixes).map(|(s, m)| wiener.apply(s, m, residual_to)).collect::<Result<_>>()?;
+    let flat: Vec<f32> = out.into_iter().flatten().flatten().collect();
+    Ok(Tensor::from_vec(flat, shape, &device)?)
+}
+
+fn sample_mean(
     denoiser: &dyn Denoiser,
     mixture: &Tensor,
     likelihood: Likelihood,

@@ -136,11 +136,13 @@ fn guided_imputation_is_predicted_at_two_calls_per_step() {
 #[test]
 fn gaussian_settings_take_the_released_gaussian_schedule_over_a_dirac_one() {
     assert_eq!(Settings::separation().with_gaussian(0.75), Settings::separation_gaussian());
-    // a model file's Dirac defaults (the bundled file's schedule): only seed, mono, batch and
-    // average come along
-    let own = Settings { steps: 16, churn: 2.0, sigma_max: 0.3, seed: 7, mono: true, batch: 3, average: 2, ..Settings::separation() };
+    // a model file's Dirac defaults (the bundled file's schedule): only seed, mono, batch,
+    // average and the Wiener post-filter come along
+    let wiener = Some(crate::wiener::WienerFilter { frame: 4096, exponent: 1.5 });
+    let own = Settings { steps: 16, churn: 2.0, sigma_max: 0.3, seed: 7, mono: true, batch: 3, average: 2, wiener, ..Settings::separation() };
     let g = own.with_gaussian(0.5);
-    let want = Settings { likelihood: Likelihood::Gaussian { gamma_coeff: 0.5 }, seed: 7, mono: true, batch: 3, average: 2, ..Settings::separation_gaussian() };
+    let want =
+        Settings { likelihood: Likelihood::Gaussian { gamma_coeff: 0.5 }, seed: 7, mono: true, batch: 3, average: 2, wiener, ..Settings::separation_gaussian() };
     assert_eq!(g, want);
     // Gaussian settings keep their own schedule, with the γ asked for
     let own_gaussian = Settings { steps: 48, churn: 0.0, resamples: 1, ..Settings::separation_gaussian() };

@@ -224,6 +224,11 @@ fn keyed_take(req: &JobRequest, model: &msdm::model_file::Model, settings: &Sett
         // a take averaged over posterior samples is other stems (earlier takes keep their keys)
         parts.push(format!("average {}", settings.average));
     }
+    if let Some(w) = settings.wiener {
+        // the post-filter changes the stems too (a model file's default; the model id covers that
+        // today, this keeps keys apart if a setting ever turns it on or off)
+        parts.push(format!("wiener {} {}", w.frame, w.exponent));
+    }
     let key = render_key(&parts.iter().map(String::as_str).collect::<Vec<_>>());
     Ok(Take {
         clip,
