@@ -66,11 +66,14 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Result<Settings
 /// off, either option alone changes that one number of the default (or of
 /// [`WienerFilter::DEFAULT`] where the model has none).
 fn wiener(base: Option<WienerFilter>, frame: Option<usize>, exponent: Option<f32>) -> Option<WienerFilter> {
-    if frame == Some(0) || (frame.is_none() && exponent.is_none()) {
-        return if frame == Some(0) { None } else { base };
+    match (frame, exponent) {
+        (Some(0), _) => None,
+        (None, None) => base,
+        _ => {
+            let b = base.unwrap_or(WienerFilter::DEFAULT);
+            Some(WienerFilter { frame: frame.unwrap_or(b.frame), exponent: exponent.unwrap_or(b.exponent) })
+        }
     }
-    let b = base.unwrap_or(WienerFilter::DEFAULT);
-    Some(WienerFilter { frame: frame.unwrap_or(b.frame), exponent: exponent.unwrap_or(b.exponent) })
 }
 
 pub(crate) fn format(f: FormatArg) -> SampleFormat {

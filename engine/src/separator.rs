@@ -72,7 +72,21 @@ pub fn separate_mean(
     wiener: Option<&WienerFilter>,
     progress: Progress,
 ) -> Result<Tensor> {
-    let x = sample_mean(denoiser, mixture, likelihood, config, seeds, average, progress)?;
+    let (b, _, t) = mixture.dims3()?;
+    if seeds.len() != b {
+        bail!("{} seeds for a batch of {b} mixtures", seeds.len());
+    }
+    if average == 0 || average > MAX_AVERAGE {
+        bail!("average {average}: give 1 to {MAX_AVERAGE} posterior samples per window");
+    }
+    let all: Vec<u64> = (0..average).flat_map(|k| seeds.iter().map(move |&s| sample_seed(s, k))).collect();
+    let mut noise = DeviceNoise::for_items(mixture.device(), &all)?;
+    let batch = if average == 1 { mixture.clone() } else { mixture.repeat((average, 1, 1))? };
+    let mut x = separate(denoiser, &batch, likelihood, config, &mut *noise, progress)?;
+    if average > 1 {
+        let c = x.dim(1)?;
+        x = x.reshape((average, b, c, t))?.mean(0)?;
+    }
     match wiener {
         Some(w) => post_filter(w, &x, mixture, likelihood),
         None => Ok(x),
@@ -96,33 +110,6 @@ fn post_filter(wiener: &WienerFilter, x: &Tensor, mixture: &Tensor, likelihood: 
         stems.par_iter().zip(&mixes).map(|(s, m)| wiener.apply(s, m, residual_to)).collect::<Result<_>>()?;
     let flat: Vec<f32> = out.into_iter().flatten().flatten().collect();
     Ok(Tensor::from_vec(flat, shape, &device)?)
-}
-
-fn sample_mean(
-    denoiser: &dyn Denoiser,
-    mixture: &Tensor,
-    likelihood: Likelihood,
-    config: &SamplerConfig,
-    seeds: &[u64],
-    average: usize,
-    progress: Progress,
-) -> Result<Tensor> {
-    let (b, _, t) = mixture.dims3()?;
-    if seeds.len() != b {
-        bail!("{} seeds for a batch of {b} mixtures", seeds.len());
-    }
-    if average == 0 || average > MAX_AVERAGE {
-        bail!("average {average}: give 1 to {MAX_AVERAGE} posterior samples per window");
-    }
-    let all: Vec<u64> = (0..average).flat_map(|k| seeds.iter().map(move |&s| sample_seed(s, k))).collect();
-    let mut noise = DeviceNoise::for_items(mixture.device(), &all)?;
-    let batch = if average == 1 { mixture.clone() } else { mixture.repeat((average, 1, 1))? };
-    let x = separate(denoiser, &batch, likelihood, config, &mut *noise, progress)?;
-    if average == 1 {
-        return Ok(x);
-    }
-    let c = x.dim(1)?;
-    Ok(x.reshape((average, b, c, t))?.mean(0)?)
 }
 
 /// The seed of posterior sample `k` of an item seeded with `seed`: sample 0 keeps the item's

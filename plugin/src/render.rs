@@ -225,8 +225,9 @@ fn keyed_take(req: &JobRequest, model: &msdm::model_file::Model, settings: &Sett
         parts.push(format!("average {}", settings.average));
     }
     if let Some(w) = settings.wiener {
-        // the post-filter changes the stems too (a model file's default; the model id covers that
-        // today, this keeps keys apart if a setting ever turns it on or off)
+        // the post-filter changes the stems too, and the model id hashes the weights only: the
+        // bundled file gained the filter in its stored defaults with its id unchanged, so without
+        // this, takes cached before would come back unfiltered
         parts.push(format!("wiener {} {}", w.frame, w.exponent));
     }
     let key = render_key(&parts.iter().map(String::as_str).collect::<Vec<_>>());
@@ -383,6 +384,9 @@ mod tests {
         let plain = Settings { average: 1, ..fin.clone() };
         let key = |s: &Settings| keyed_take(&req, &model, s, "clip", None).unwrap().stems_key;
         assert_ne!(key(&fin), key(&plain));
+        // the post-filter keys its takes apart too (a file can gain it with its id unchanged)
+        let filtered = Settings { wiener: Some(msdm::wiener::WienerFilter::DEFAULT), ..plain.clone() };
+        assert_ne!(key(&filtered), key(&plain));
         // a take of one sample keeps the key it had before averaging existed
         let mut spec = req.spec.clone();
         (spec.steps, spec.resamples) = (plain.steps, plain.resamples);
