@@ -9,8 +9,8 @@
 //! the stems still sum to the mixture. Long frames (16,384 samples, 0.74 s at 22,050 Hz) resolve
 //! the partials of notes, so pitched stems are told apart by pitch. Measured on the validation
 //! split with the bundled model (model card): SI-SDRi All +5.12 → +6.59 dB, every stem up, for
-//! about 3 % of a separation's time. The paper's separator has no such step; reference settings
-//! leave it off.
+//! about 1 % of a separation's time (docs/speed.md). The paper's separator has no such step;
+//! reference settings leave it off.
 
 use std::sync::Arc;
 
