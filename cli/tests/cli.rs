@@ -47,19 +47,22 @@ fn separate_a_44k1_stereo_wav_into_stems_that_sum_to_it() {
     // the stems are not trivially the mix split in four
     let quarter: f32 = mix.channels[0].iter().zip(&stems[1].channels[0]).map(|(m, d)| (m / 4.0 - d).abs()).fold(0.0, f32::max);
     assert!(quarter > 1e-3);
-    // the mean of 2 posterior samples per window: other stems, which still sum to the mix
-    let avg = tmp.path().join("avg");
-    let text = ok(&["separate", s(&input), "-o", s(&avg), "--model", s(&model), "--steps", "4", "--average", "2"]);
-    assert!(text.contains("the mean of 2 samples per window"), "{text}");
-    let mean: Vec<AudioBuffer> =
-        ["bass", "drums", "guitar", "piano"].iter().map(|n| read_audio(&avg.join(format!("{n}.wav"))).unwrap()).collect();
-    for c in 0..mix.num_channels() {
-        for i in 0..mix.frames() {
-            let sum: f32 = mean.iter().map(|st| st.channels[c][i]).sum();
-            assert!((sum - mix.channels[c][i]).abs() <= 1e-4, "averaged stems sum to the mix");
+    // the mean of 2 posterior samples per window, and the Wiener post-filter (through the
+    // resampling to the model's rate and back): other stems, which still sum to the mix
+    for (dir, extra, says) in [("avg", "--average", "the mean of 2 samples per window"), ("wiener", "--wiener", "Wiener post-filter")] {
+        let value = if extra == "--average" { "2" } else { "256" };
+        let text = ok(&["separate", s(&input), "-o", s(&tmp.path().join(dir)), "--model", s(&model), "--steps", "4", extra, value]);
+        assert!(text.contains(says), "{text}");
+        let other: Vec<AudioBuffer> =
+            ["bass", "drums", "guitar", "piano"].iter().map(|n| read_audio(&tmp.path().join(dir).join(format!("{n}.wav"))).unwrap()).collect();
+        for c in 0..mix.num_channels() {
+            for i in 0..mix.frames() {
+                let sum: f32 = other.iter().map(|st| st.channels[c][i]).sum();
+                assert!((sum - mix.channels[c][i]).abs() <= 1e-4, "{dir}: the stems sum to the mix");
+            }
         }
+        assert_ne!(other[1], stems[1], "{dir}: the same stems as without {extra}");
     }
-    assert_ne!(mean[1], stems[1]);
 
     // Existing stems are never overwritten without --force, and stay untouched.
     let before = std::fs::read(out.join("bass.wav")).unwrap();
