@@ -130,7 +130,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         settings.resamples,
         settings.churn,
         if settings.average > 1 { format!(", mean of {} samples", settings.average) } else { String::new() },
-        settings.wiener.map(|w| format!(", Wiener post-filter (frame {}, exponent {})", w.frame, w.exponent)).unwrap_or_default()
+        settings.wiener.map(|w| format!(", {w}")).unwrap_or_default()
     );
     let window = model.window();
     let mut chunk_index = 0u64;

@@ -114,10 +114,7 @@ pub(crate) fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>
 
 pub(crate) fn describe(s: &Settings) -> String {
     let mean = if s.average > 1 { format!(", the mean of {} samples per window", s.average) } else { String::new() };
-    let wiener = match s.wiener {
-        Some(w) => format!(", Wiener post-filter (frame {}, exponent {})", w.frame, w.exponent),
-        None => String::new(),
-    };
+    let wiener = s.wiener.map(|w| format!(", {w}")).unwrap_or_default();
     format!("{} steps x {} resamples, churn {}, seed {}{mean}{wiener}", s.steps, s.resamples, s.churn, s.seed)
 }
 

@@ -126,6 +126,13 @@ impl WienerFilter {
     }
 }
 
+/// What a run's settings line says: "Wiener post-filter (frame 16384, exponent 1.25)".
+impl std::fmt::Display for WienerFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wiener post-filter (frame {}, exponent {})", self.frame, self.exponent)
+    }
+}
+
 /// Index `i` of a signal of `t` samples mirrored about its first and last sample (…, x2, x1, x0,
 /// x1, x2, …), folded as often as needed (frames may be longer than the signal).
 fn mirror(i: isize, t: usize) -> usize {
