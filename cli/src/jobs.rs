@@ -9,10 +9,11 @@ use msdm::audio::{self, AudioReader, OutputPolicy, ReadOptions, SampleFormat, Wa
 use msdm::model_file::{bundled_model_path, Model};
 use msdm::separation::{self, FrameSource};
 use msdm::separator::Likelihood;
+use msdm::stereo::StereoMode;
 use msdm::wiener::WienerFilter;
 use msdm::tasks::{self, Given, Job, Settings};
 
-use crate::{FormatArg, LikelihoodArg, OutputArgs, SamplingArgs};
+use crate::{FormatArg, LikelihoodArg, OutputArgs, SamplingArgs, StereoArg};
 
 /// Loads `--model`, or the bundled default model. `--model a,b,c,d` (one single-stem model per
 /// stem, in stem order) makes an ISDM model.
@@ -54,6 +55,11 @@ pub fn settings(base: Settings, s: &SamplingArgs, mono: bool) -> Result<Settings
         guidance_rescale: s.guidance_rescale.unwrap_or(base.guidance_rescale),
         average: s.average.unwrap_or(base.average),
         wiener: wiener(base.wiener, s.wiener, s.wiener_exponent),
+        stereo: match s.stereo {
+            Some(StereoArg::Each) => StereoMode::Each,
+            Some(StereoArg::Mid) => StereoMode::Mid,
+            None => base.stereo,
+        },
         seed: s.seed,
         mono,
         ..base
@@ -115,7 +121,8 @@ pub(crate) fn take_dirs(model: &Model, out: &OutputArgs) -> Result<(Vec<PathBuf>
 pub(crate) fn describe(s: &Settings) -> String {
     let mean = if s.average > 1 { format!(", the mean of {} samples per window", s.average) } else { String::new() };
     let wiener = s.wiener.map(|w| format!(", {w}")).unwrap_or_default();
-    format!("{} steps x {} resamples, churn {}, seed {}{mean}{wiener}", s.steps, s.resamples, s.churn, s.seed)
+    let stereo = if s.stereo == StereoMode::Mid && !s.mono { ", stereo from the mid" } else { "" };
+    format!("{} steps x {} resamples, churn {}, seed {}{mean}{wiener}{stereo}", s.steps, s.resamples, s.churn, s.seed)
 }
 
 /// One take: runs `sample` under a progress bar, writes its stems into `dir` (named `names`,
@@ -268,6 +275,9 @@ pub(crate) fn only_for_separation(s: &SamplingArgs, command: &str) -> Result<()>
     }
     if s.wiener.is_some() || s.wiener_exponent.is_some() {
         bail!("--wiener and --wiener-exponent filter separated stems against their mix (msdm separate, msdm eval); `msdm {command}` has no mix to share out: leave them out");
+    }
+    if s.stereo.is_some() {
+        bail!("--stereo chooses how a stereo mix is separated (msdm separate); `msdm {command}` has no mix to separate: leave it out");
     }
     Ok(())
 }

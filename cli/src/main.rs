@@ -210,6 +210,15 @@ pub struct SamplingArgs {
     /// Separation: the exponent of the stem magnitudes that make the Wiener post-filter's masks (default 1.25)
     #[arg(long, value_name = "P")]
     pub wiener_exponent: Option<f32>,
+    /// Separation of a stereo mix: `mid` separates the channels' mean once and shares each channel out (half the time), `each` separates every channel on its own (default: the model's; the bundled model's is mid)
+    #[arg(long, value_enum)]
+    pub stereo: Option<StereoArg>,
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+pub enum StereoArg {
+    Each,
+    Mid,
 }
 
 fn parse_average(s: &str) -> Result<usize, String> {

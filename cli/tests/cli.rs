@@ -215,6 +215,25 @@ fn exported_model_carries_its_default_settings() {
     assert!(err.contains("Wiener frame 1026") && err.contains("--wiener"), "{err}");
     let err = fails(&["generate", "--seconds", "1", "-o", s(&tmp.path().join("o6")), "--model", s(&shipped), "--wiener", "4096"]);
     assert!(err.contains("no mix to share out"), "{err}");
+    // a stereo mode stored with the model reaches `msdm separate`; the command line wins
+    std::fs::write(&defaults, r#"{"separate": {"steps": 2, "churn": 0.0, "resamples": 1, "sigma_min": 0.0001, "sigma_max": 1.0, "rho": 7.0,
+        "likelihood": {"dirac": {"constrained": 0}}, "seed": 0, "mono": false, "batch": 2, "stereo": "mid"}}"#).unwrap();
+    let mid_model = tmp.path().join("mid.safetensors");
+    ok(&["export", s(&model), "-o", s(&mid_model), "--defaults", s(&defaults)]);
+    let stereo = repo().join("tests/fixtures/audio/sine_44k1_stereo_i16.wav");
+    let text = ok(&["separate", s(&stereo), "-o", s(&tmp.path().join("m1")), "--model", s(&mid_model)]);
+    assert!(text.contains("stereo from the mid"), "{text}");
+    let text = ok(&["separate", s(&stereo), "-o", s(&tmp.path().join("m2")), "--model", s(&mid_model), "--stereo", "each"]);
+    assert!(!text.contains("stereo from the mid"), "{text}");
+    let mix = msdm::audio::read_audio(&stereo).unwrap().channels;
+    let parts: Vec<Vec<Vec<f32>>> = ["bass", "drums", "guitar", "piano"].iter().map(|st| read("m1", st)).collect();
+    assert_ne!(parts[0], read("m2", "bass"), "the mid mode left the stems as they were");
+    for (c, ch) in mix.iter().enumerate() {
+        let err = (0..ch.len()).fold(0f32, |m, i| m.max((parts.iter().map(|p| p[c][i]).sum::<f32>() - ch[i]).abs()));
+        assert!(err < 1e-4, "channel {c}: the stems miss the mix by {err}");
+    }
+    let err = fails(&["generate", "--seconds", "1", "-o", s(&tmp.path().join("m3")), "--model", s(&shipped), "--stereo", "mid"]);
+    assert!(err.contains("no mix to separate"), "{err}");
     // bad defaults are refused
     std::fs::write(&defaults, r#"{"separate": {"steps": "many"}}"#).unwrap();
     let err = fails(&["export", s(&model), "-o", s(&tmp.path().join("bad.safetensors")), "--defaults", s(&defaults)]);

@@ -11,6 +11,7 @@ use crate::model_file::Model;
 use crate::sampler::SamplerConfig;
 use crate::schedule::karras;
 use crate::separator::Likelihood;
+use crate::stereo::StereoMode;
 use crate::wiener::WienerFilter;
 
 /// What to do.
@@ -112,6 +113,14 @@ pub struct Settings {
     /// settings, and files that do not store it): none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wiener: Option<WienerFilter>,
+    /// Separation of a mix of two or more channels: each channel on its own (the released
+    /// settings, and files that do not store it) or the mid once, shared out to the channels.
+    #[serde(default, skip_serializing_if = "is_each")]
+    pub stereo: StereoMode,
+}
+
+fn is_each(m: &StereoMode) -> bool {
+    *m == StereoMode::Each
 }
 
 fn is_zero(x: &f32) -> bool {
@@ -149,6 +158,7 @@ impl Settings {
             guidance_rescale: 0.0,
             average: 1,
             wiener: None,
+            stereo: StereoMode::Each,
         }
     }
 
@@ -195,7 +205,7 @@ impl Settings {
     /// These settings with the Gaussian likelihood (γ = `gamma_coeff`·σ). A schedule tuned for the
     /// Dirac likelihood (the released one, or a model file's stored separation defaults) does not
     /// carry over: the Gaussian takes the released Gaussian schedule (steps, resamples, S_churn,
-    /// σ range, ρ) and keeps only the seed, mono, batch, average and Wiener post-filter. With the
+    /// σ range, ρ) and keeps only the seed, mono, batch, average, Wiener post-filter and stereo mode. With the
     /// bundled file's Dirac schedule (16 × 2 from σ 0.3) the Gaussian scored −21.8 dB SI-SDRi on
     /// the test songs.
     /// Settings that are Gaussian already keep their schedule.
@@ -210,8 +220,19 @@ impl Settings {
                 batch: self.batch,
                 average: self.average,
                 wiener: self.wiener,
+                stereo: self.stereo,
                 ..Self::separation_gaussian()
             },
+        }
+    }
+
+    /// Items per window the network separates for a mix of `channels` channels: one per channel,
+    /// or one in all when the mix is downmixed (`mono`) or its mid is separated ([`StereoMode::Mid`]).
+    pub fn separation_items(&self, channels: usize) -> usize {
+        if self.mono {
+            channels.min(1)
+        } else {
+            self.stereo.network_channels(channels)
         }
     }
 

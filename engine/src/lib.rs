@@ -30,6 +30,7 @@ pub mod separation;
 pub mod stems_io;
 pub mod separator;
 pub mod wiener;
+pub mod stereo;
 pub mod unet;
 pub mod train;
 

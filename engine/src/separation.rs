@@ -7,7 +7,9 @@
 //!
 //! - Windows overlap by 1/8 and are cross-faded with complementary weights
 //!   ([`crate::audio::windows`]), so the stems stay a partition of the mix.
-//! - Each channel of a stereo input is processed with the same seed per window; `mono` downmixes.
+//! - Each channel of a stereo input is processed with the same seed per window; `mono` downmixes;
+//!   [`StereoMode::Mid`] separates the channels' mean once and shares each channel out to the
+//!   stems ([`crate::stereo`]), half the network time of a stereo mix.
 //! - After Dirac separation the part of the input the model never saw (above 11,025 Hz, plus the
 //!   resampling error) is handed to the stems ([`crate::audio::residual`]), so the stems sum to
 //!   the input at every sample. Gaussian separation keeps its own soft consistency and gets only
@@ -21,6 +23,8 @@ use crate::model_file::Model;
 use crate::noise::window_seed;
 use crate::sampler::SamplerConfig;
 use crate::separator::{self, Likelihood};
+use crate::stereo::{self, StereoMode};
+use crate::wiener::WienerFilter;
 use crate::job::{Progress, Settings};
 use crate::MODEL_RATE;
 
@@ -82,12 +86,14 @@ pub fn separate(
     p.finish(sink, progress)
 }
 
-/// One window of one channel waiting for its batch.
+/// One window of one channel (or of the mid) waiting for its batch.
 struct Item {
     window: usize,
     channel: usize,
     last: bool,
     samples: Vec<f32>,
+    /// [`StereoMode::Mid`]: the window of every channel, shared out after the mid is separated.
+    channels: Vec<Vec<f32>>,
 }
 
 struct Pipeline<'m> {
@@ -97,6 +103,8 @@ struct Pipeline<'m> {
     n_stems: usize,
     rate: u32,
     mono: bool,
+    /// The mid is separated and shared out to the channels ([`StereoMode::Mid`], 2+ channels).
+    mid: bool,
     window: usize,
     hop: usize,
     /// Items per network call.
@@ -140,13 +148,14 @@ impl<'m> Pipeline<'m> {
         }
         let mono = settings.mono && in_ch > 1;
         let channels = if mono { 1 } else { in_ch };
+        let mid = settings.stereo == StereoMode::Mid && channels > 1;
         let n_stems = model.num_stems();
         let window = model.window();
         let overlap = overlap(window);
         let config = settings.sampler_config();
         let down = StreamResampler::new(rate, MODEL_RATE, channels)?;
         let expected22 = source.frames_hint().map(|n| down.output_len(n));
-        let batches = batches(expected22.unwrap_or(window), window, channels, windows_per_call(settings));
+        let batches = batches(expected22.unwrap_or(window), window, settings.separation_items(in_ch), windows_per_call(settings));
         let gaussian = matches!(settings.likelihood, Likelihood::Gaussian { .. });
         Ok(Self {
             model,
@@ -156,6 +165,7 @@ impl<'m> Pipeline<'m> {
             n_stems,
             rate,
             mono,
+            mid,
             window,
             hop: window - overlap.min(window / 2),
             batch: batches.size,
@@ -265,13 +275,25 @@ impl<'m> Pipeline<'m> {
             if !exists {
                 break;
             }
-            for channel in 0..self.channels() {
-                let m = &self.mix22[channel];
-                let from = (start - self.base22).min(m.len());
-                let to = (end - self.base22).min(m.len());
-                let mut samples = m[from..to].to_vec();
-                samples.resize(self.window, 0.0);
-                self.pending.push(Item { window: w, channel, last, samples });
+            let windows: Vec<Vec<f32>> = self
+                .mix22
+                .iter()
+                .map(|m| {
+                    let from = (start - self.base22).min(m.len());
+                    let to = (end - self.base22).min(m.len());
+                    let mut samples = m[from..to].to_vec();
+                    samples.resize(self.window, 0.0);
+                    samples
+                })
+                .collect();
+            if self.mid {
+                let scale = 1.0 / windows.len() as f32;
+                let samples = (0..self.window).map(|i| windows.iter().map(|c| c[i]).sum::<f32>() * scale).collect();
+                self.pending.push(Item { window: w, channel: 0, last, samples, channels: windows });
+            } else {
+                for (channel, samples) in windows.into_iter().enumerate() {
+                    self.pending.push(Item { window: w, channel, last, samples, channels: Vec::new() });
+                }
             }
             self.next_window += 1;
             if last {
@@ -295,14 +317,30 @@ impl<'m> Pipeline<'m> {
         self.total_calls = self.total_calls.max(self.done_calls + calls);
         let (before, total) = (self.done_calls, self.total_calls);
         let mut cb = |d: usize, _t: usize| progress(Progress { done: before + d, total });
-        let (likelihood, average, wiener) = (self.settings.likelihood, self.settings.average, self.settings.wiener);
+        let (likelihood, average) = (self.settings.likelihood, self.settings.average);
+        // the mid's stems are filtered as they are shared out to the channels
+        let wiener = if self.mid { None } else { self.settings.wiener };
         let x = separator::separate_mean(self.model.stems_denoiser(), &y, likelihood, &self.config, &seeds, average, wiener.as_ref(), &mut cb)?;
         self.done_calls += calls;
         let x: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
-        for (it, stems) in items.iter().zip(x) {
-            let part = self.joins[it.channel].add(&stems, it.last);
-            for (j, p) in self.joined[it.channel].iter_mut().zip(part) {
-                j.extend(p);
+        let per_channel: Vec<Vec<Vec<Vec<f32>>>> = if self.mid {
+            use rayon::prelude::*;
+            let filter = self.settings.wiener.unwrap_or(WienerFilter::DEFAULT);
+            let residual_to = match likelihood {
+                Likelihood::Dirac { constrained } => Some(constrained),
+                Likelihood::Gaussian { .. } => None,
+            };
+            items.par_iter().zip(x).map(|(it, stems)| stereo::share_channels(&filter, &stems, &it.channels, residual_to)).collect::<Result<_>>()?
+        } else {
+            x.into_iter().map(|stems| vec![stems]).collect()
+        };
+        for (it, channels) in items.iter().zip(per_channel) {
+            for (k, stems) in channels.iter().enumerate() {
+                let c = it.channel + k;
+                let part = self.joins[c].add(stems, it.last);
+                for (j, p) in self.joined[c].iter_mut().zip(part) {
+                    j.extend(p);
+                }
             }
         }
         let up_in = self.take_joined();

@@ -157,3 +157,36 @@ fn streaming_separation_with_the_wiener_post_filter() {
     let (whole, _) = run_buffer(&m, &a, &w, usize::MAX);
     assert_eq!(whole, filtered);
 }
+
+/// The mid mode separates one item per window for a stereo mix (half the calls), shares every
+/// channel out so its stems sum to it, does not depend on how the input arrives, and gives a mix
+/// whose channels are equal the same stems in both.
+#[test]
+fn stereo_from_the_mid() {
+    use crate::stereo::StereoMode;
+    let m = tiny_model();
+    let a = mix(44_100, 9_000);
+    let each = Settings { steps: 2, batch: 1, wiener: Some(crate::wiener::WienerFilter { frame: 256, exponent: 1.25 }), ..Settings::separation() };
+    let mid = Settings { stereo: StereoMode::Mid, ..each.clone() };
+    let calls = |s: &Settings| {
+        let mut n = 0;
+        separate(&m, &mut BufferSource::new(&a), s, &mut BufferSink::default(), &mut |_| {
+            n += 1;
+            true
+        })
+        .unwrap();
+        n
+    };
+    assert_eq!(calls(&mid) * 2, calls(&each));
+    let (whole, report) = run_buffer(&m, &a, &mid, usize::MAX);
+    assert!(report.residual_max < 1e-5, "{}", report.residual_max);
+    assert!(whole.iter().all(|s| s.len() == 2 && s.iter().all(|c| c.len() == 9_000)));
+    assert_ne!(whole, run_buffer(&m, &a, &each, usize::MAX).0);
+    assert_eq!(run_buffer(&m, &a, &mid, 4097).0, whole);
+
+    // a mix whose channels are equal gets equal stems in both
+    let left = a.channels[0].clone();
+    let (twin, _) = run_buffer(&m, &AudioBuffer::new(44_100, vec![left.clone(), left]), &mid, usize::MAX);
+    assert!(twin.iter().all(|s| s[0] == s[1]));
+}
+

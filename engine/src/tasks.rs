@@ -68,7 +68,7 @@ fn plan_calls(model: &Model, job: &Job, settings: &Settings) -> (usize, usize) {
     match job {
         Job::Separate { mix } => {
             let len22 = audio::resampled_len(mix.frames(), mix.rate, MODEL_RATE);
-            let b = separation::batches(len22, window, channels(mix.num_channels()).max(1), separation::windows_per_call(settings));
+            let b = separation::batches(len22, window, settings.separation_items(mix.num_channels()).max(1), separation::windows_per_call(settings));
             // the posterior samples averaged run in the same calls, as more batch items
             (b.count * per_window, b.size * settings.average)
         }

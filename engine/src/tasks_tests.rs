@@ -158,6 +158,7 @@ fn predicted_calls_are_the_calls_made() {
         (Job::Separate { mix: stereo.clone() }, Settings { batch: 3, ..quick(Settings::separation()) }),
         (Job::Separate { mix: tone(44_100, 7000, 1) }, Settings { batch: 8, ..quick(Settings::separation()) }),
         (Job::Separate { mix: stereo.clone() }, Settings { batch: 4, average: 2, ..quick(Settings::separation()) }),
+        (Job::Separate { mix: stereo.clone() }, Settings { batch: 2, stereo: crate::stereo::StereoMode::Mid, ..quick(Settings::separation()) }),
         (
             Job::Impute { given: vec![Given::Generate, Given::Audio(stereo), Given::Silent, Given::Generate] },
             quick(Settings::imputation()),

@@ -64,65 +64,118 @@ impl WienerFilter {
         if t == 0 {
             return Ok(stems.to_vec());
         }
-        let fft = Fft::new(self.frame);
-        let mut out = self.filter(&fft, stems, mixture);
-        if let Some(r) = residual_to.filter(|&r| r < out.len()) {
-            for i in 0..t {
-                let others: f32 = out.iter().enumerate().filter(|&(c, _)| c != r).map(|(_, s)| s[i]).sum();
-                out[r][i] = mixture[i] - others;
-            }
+        let stft = Stft::new(self.frame, t);
+        let specs: Vec<Spectra> = stems.iter().map(|s| stft.analyse(s)).collect();
+        let mut out = self.share(&stft, &specs, None, &stft.analyse(mixture));
+        if let Some(r) = residual_to {
+            take_rounding(&mut out, mixture, r);
         }
         Ok(out)
     }
 
-    fn filter(&self, fft: &Fft, stems: &[Vec<f32>], mixture: &[f32]) -> Vec<Vec<f32>> {
-        let (n, hop, t, c) = (self.frame, self.frame / 4, mixture.len(), stems.len());
-        let half = n / 2;
-        // periodic Hann: its squares at hop n/4 add up to a constant (1.5), so no sample is lost
-        let window: Vec<f32> =
-            (0..n).map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32).collect();
-        // frame k is centred on sample k·hop; the signal is mirrored past its ends
-        let frames = t.div_ceil(hop) + 1;
-        let padded = (frames - 1) * hop + n;
-        let mut acc = vec![vec![0f32; padded]; c];
-        let mut norm = vec![0f32; padded];
-        let bins = n / 2 + 1;
-        let mut buf = vec![0f32; n];
-        let mut mix_spec = vec![Complex::default(); bins];
-        let mut specs = vec![vec![Complex::default(); bins]; c];
+    /// Shares every frame of `mix` out to the stems in proportion to (gain · |stem|)^p, the
+    /// stems' spectra `specs` (`[stem][frame][bin]`) and `gains` `[stem][bin]` (none: 1), and
+    /// turns the shares back into signals. Bins where every stem is silent are shared equally.
+    pub(crate) fn share(&self, stft: &Stft, specs: &[Spectra], gains: Option<&[Vec<f32>]>, mix: &Spectra) -> Vec<Vec<f32>> {
+        let (c, bins, p) = (specs.len(), stft.bins(), self.exponent);
         let mut power = vec![vec![0f32; bins]; c];
         let mut total = vec![0f32; bins];
-        let mut spec = vec![Complex::default(); bins];
-        let p = self.exponent;
-        for k in 0..frames {
-            let start = (k * hop) as isize - half as isize;
-            fft.forward(&window, |i| mixture[mirror(start + i as isize, t)], &mut buf, &mut mix_spec);
+        let mut shares: Vec<Spectra> = vec![Vec::with_capacity(mix.len()); c];
+        for (k, frame) in mix.iter().enumerate() {
             total.iter_mut().for_each(|x| *x = 0.0);
-            for (s, stem) in stems.iter().enumerate() {
-                fft.forward(&window, |i| stem[mirror(start + i as isize, t)], &mut buf, &mut specs[s]);
-                for ((pw, z), tot) in power[s].iter_mut().zip(&specs[s]).zip(total.iter_mut()) {
-                    *pw = if p == 1.0 { z.norm() } else { z.norm().powf(p) };
+            for (s, spec) in specs.iter().enumerate() {
+                for (j, ((pw, z), tot)) in power[s].iter_mut().zip(&spec[k]).zip(total.iter_mut()).enumerate() {
+                    let magnitude = match gains {
+                        Some(g) => g[s][j] * z.norm(),
+                        None => z.norm(),
+                    };
+                    *pw = if p == 1.0 { magnitude } else { magnitude.powf(p) };
                     *tot += *pw;
                 }
             }
-            for s in 0..c {
-                for (j, z) in spec.iter_mut().enumerate() {
-                    let m = if total[j] > 0.0 { power[s][j] / total[j] } else { 1.0 / c as f32 };
-                    *z = mix_spec[j] * m;
-                }
-                fft.inverse(&mut spec, &mut buf);
-                let at = k * hop;
-                for ((a, &x), &w) in acc[s][at..at + n].iter_mut().zip(&buf).zip(&window) {
-                    *a += x * w / n as f32;
-                }
+            for (s, share) in shares.iter_mut().enumerate() {
+                let masked = frame
+                    .iter()
+                    .zip(&power[s])
+                    .zip(&total)
+                    .map(|((&z, &pw), &tot)| z * if tot > 0.0 { pw / tot } else { 1.0 / c as f32 })
+                    .collect();
+                share.push(masked);
             }
-            for (nv, &w) in norm[k * hop..k * hop + n].iter_mut().zip(&window) {
+        }
+        shares.into_iter().map(|sh| stft.synthesise(sh)).collect()
+    }
+}
+
+/// Sets stem `r` to `mixture` minus the other stems, so the stems sum to the mixture as exactly
+/// as f32 allows (the Dirac separator's constrained stem takes the rounding the same way).
+pub(crate) fn take_rounding(out: &mut [Vec<f32>], mixture: &[f32], r: usize) {
+    if r >= out.len() {
+        return;
+    }
+    for i in 0..mixture.len() {
+        let others: f32 = out.iter().enumerate().filter(|&(c, _)| c != r).map(|(_, s)| s[i]).sum();
+        out[r][i] = mixture[i] - others;
+    }
+}
+
+/// Short-time spectra, `[frame][bin]`.
+pub(crate) type Spectra = Vec<Vec<Complex<f32>>>;
+
+/// The short-time Fourier transform the filters work in: periodic Hann frames of `n` samples at
+/// hop n/4 (the window's squares at that hop add up to a constant, 1.5, so no sample is lost),
+/// frame k centred on sample k·hop, the signal mirrored past its ends.
+pub(crate) struct Stft {
+    n: usize,
+    t: usize,
+    frames: usize,
+    window: Vec<f32>,
+    fft: Fft,
+}
+
+impl Stft {
+    /// The transform of signals of `t` samples with frames of `n` (a multiple of 4).
+    pub(crate) fn new(n: usize, t: usize) -> Self {
+        let window = (0..n).map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32).collect();
+        Stft { n, t, frames: t.div_ceil(n / 4) + 1, window, fft: Fft::new(n) }
+    }
+
+    pub(crate) fn bins(&self) -> usize {
+        self.n / 2 + 1
+    }
+
+    /// The spectra of every frame of `x` (`t` samples).
+    pub(crate) fn analyse(&self, x: &[f32]) -> Spectra {
+        let (hop, half, t) = (self.n / 4, self.n / 2, self.t);
+        let mut buf = vec![0f32; self.n];
+        (0..self.frames)
+            .map(|k| {
+                let start = (k * hop) as isize - half as isize;
+                let mut spec = vec![Complex::default(); self.bins()];
+                self.fft.forward(&self.window, |i| x[mirror(start + i as isize, t)], &mut buf, &mut spec);
+                spec
+            })
+            .collect()
+    }
+
+    /// The signal (`t` samples) whose frames are `spectra`: inverse transforms, windowed,
+    /// overlap-added and divided by the window's summed squares.
+    pub(crate) fn synthesise(&self, spectra: Spectra) -> Vec<f32> {
+        let (n, hop, half) = (self.n, self.n / 4, self.n / 2);
+        let padded = (self.frames - 1) * hop + n;
+        let (mut acc, mut norm) = (vec![0f32; padded], vec![0f32; padded]);
+        let mut buf = vec![0f32; n];
+        for (k, mut spec) in spectra.into_iter().enumerate() {
+            self.fft.inverse(&mut spec, &mut buf);
+            let at = k * hop;
+            for ((a, &x), &w) in acc[at..at + n].iter_mut().zip(&buf).zip(&self.window) {
+                *a += x * w / n as f32;
+            }
+            for (nv, &w) in norm[at..at + n].iter_mut().zip(&self.window) {
                 *nv += w * w;
             }
         }
-        acc.into_iter()
-            .map(|a| (0..t).map(|i| if norm[i + half] > 0.0 { a[i + half] / norm[i + half] } else { 0.0 }).collect())
-            .collect()
+        (0..self.t).map(|i| if norm[i + half] > 0.0 { acc[i + half] / norm[i + half] } else { 0.0 }).collect()
     }
 }
 

@@ -230,6 +230,10 @@ fn keyed_take(req: &JobRequest, model: &msdm::model_file::Model, settings: &Sett
         // this, takes cached before would come back unfiltered
         parts.push(format!("wiener {} {}", w.frame, w.exponent));
     }
+    if settings.stereo != msdm::stereo::StereoMode::Each {
+        // a stereo take separated from the mid is other stems (the same file can gain the mode)
+        parts.push("stereo mid".to_string());
+    }
     let key = render_key(&parts.iter().map(String::as_str).collect::<Vec<_>>());
     Ok(Take {
         clip,
@@ -387,6 +391,8 @@ mod tests {
         // the post-filter keys its takes apart too (a file can gain it with its id unchanged)
         let filtered = Settings { wiener: Some(msdm::wiener::WienerFilter::DEFAULT), ..plain.clone() };
         assert_ne!(key(&filtered), key(&plain));
+        let mid = Settings { stereo: msdm::stereo::StereoMode::Mid, ..plain.clone() };
+        assert_ne!(key(&mid), key(&plain));
         // a take of one sample keeps the key it had before averaging existed
         let mut spec = req.spec.clone();
         (spec.steps, spec.resamples) = (plain.steps, plain.resamples);
