@@ -205,9 +205,9 @@ impl Settings {
     /// These settings with the Gaussian likelihood (γ = `gamma_coeff`·σ). A schedule tuned for the
     /// Dirac likelihood (the released one, or a model file's stored separation defaults) does not
     /// carry over: the Gaussian takes the released Gaussian schedule (steps, resamples, S_churn,
-    /// σ range, ρ) and keeps only the seed, mono, batch, average, Wiener post-filter and stereo mode. With the
-    /// bundled file's Dirac schedule (16 × 2 from σ 0.3) the Gaussian scored −21.8 dB SI-SDRi on
-    /// the test songs.
+    /// σ range, ρ) and keeps only the seed, mono, batch, average, Wiener post-filter and stereo
+    /// mode. With the bundled file's Dirac schedule (16 × 2 from σ 0.3) the Gaussian scored
+    /// −21.8 dB SI-SDRi on the test songs.
     /// Settings that are Gaussian already keep their schedule.
     pub fn with_gaussian(self, gamma_coeff: f32) -> Self {
         let likelihood = Likelihood::Gaussian { gamma_coeff };

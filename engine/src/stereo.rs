@@ -26,7 +26,8 @@ pub enum StereoMode {
     /// Each channel on its own (one network pass per channel): the released behaviour.
     #[default]
     Each,
-    /// The mid once, then each channel shared out by [`share_channels`].
+    /// The mid once, then each channel shared out by [`share_channels`] with the settings'
+    /// Wiener post-filter (or [`WienerFilter::DEFAULT`] where they have none).
     Mid,
 }
 
