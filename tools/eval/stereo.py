@@ -9,8 +9,9 @@ options after `--` are passed on, e.g. `-- --stereo channels`) and scores every 
 track with the paper's metric (SI-SNRi on 4 s windows with a 2 s hop, windows where at most one
 stem is sounding left out; the same as `msdm eval`), so mono and stereo figures compare.
 
-What this does not cover: stereo reverb, stereo-recorded instruments and delays between channels
-(a real mix has them; panned mono tracks are the common case and the one this measures).
+`make --haas MS` also delays guitar and piano by 0 to MS ms in the channel away from their pan
+(the precedence-effect widening producers use), which colours the mid with comb filtering.
+What this does not cover: stereo reverb and stereo-recorded instruments.
 
 Usage (the venv needs numpy and soundfile):
   python tools/eval/stereo.py make data/evalset/test data/stereo_test [--seconds 15]
@@ -39,7 +40,7 @@ def pan_gains(u):
     return math.sqrt(2.0) * math.cos(theta), math.sqrt(2.0) * math.sin(theta)
 
 
-def make(src, dst, seconds):
+def make(src, dst, seconds, haas_ms=0.0):
     tracks = sorted(t for t in os.listdir(src) if os.path.isfile(os.path.join(src, t, "meta.json")))
     for k, track in enumerate(tracks):
         rng = np.random.default_rng(1000 + k)
@@ -55,8 +56,14 @@ def make(src, dst, seconds):
         mix = np.zeros((t, 2), dtype=np.float32)
         for stem in STEMS:
             x = mono.get(stem, np.zeros(t, dtype=np.float32))[:t]
-            gl, gr = pan_gains(rng.uniform(-SPREAD[stem], SPREAD[stem]))
+            u = rng.uniform(-SPREAD[stem], SPREAD[stem])
+            gl, gr = pan_gains(u)
             st = np.stack([gl * x, gr * x], axis=1).astype(np.float32)
+            if haas_ms and stem in ("guitar", "piano"):
+                # the channel away from the pan comes later (a precedence-effect widening)
+                d = int(rng.uniform(0.0, haas_ms) * rate / 1000.0)
+                far = 1 if u < 0 else 0
+                st[:, far] = np.concatenate([np.zeros(d, np.float32), st[: t - d, far]])
             sf.write(os.path.join(out, f"{stem}.wav"), st, rate, subtype="FLOAT")
             mix += st
         sf.write(os.path.join(out, "mix.wav"), mix, rate, subtype="FLOAT")
@@ -121,13 +128,15 @@ def main():
     m.add_argument("src")
     m.add_argument("dst")
     m.add_argument("--seconds", type=float, default=0.0, help="keep only the first SECONDS of each song")
+    m.add_argument("--haas", type=float, default=0.0, metavar="MS",
+                   help="also delay guitar and piano in the channel away from their pan by 0 to MS ms")
     s = sub.add_parser("score")
     s.add_argument("data")
     s.add_argument("out")
     s.add_argument("--msdm", default="target/release/msdm")
     a = ap.parse_args(argv)
     if a.cmd == "make":
-        make(a.src, a.dst, a.seconds)
+        make(a.src, a.dst, a.seconds, a.haas)
     else:
         score(a.data, a.out, a.msdm, passed)
 
