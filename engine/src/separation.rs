@@ -326,10 +326,7 @@ impl<'m> Pipeline<'m> {
         let per_channel: Vec<Vec<Vec<Vec<f32>>>> = if self.mid {
             use rayon::prelude::*;
             let filter = self.settings.wiener.unwrap_or(WienerFilter::DEFAULT);
-            let residual_to = match likelihood {
-                Likelihood::Dirac { constrained } => Some(constrained),
-                Likelihood::Gaussian { .. } => None,
-            };
+            let residual_to = likelihood.constrained();
             items.par_iter().zip(x).map(|(it, stems)| stereo::share_channels(&filter, &stems, &it.channels, residual_to)).collect::<Result<_>>()?
         } else {
             x.into_iter().map(|stems| vec![stems]).collect()

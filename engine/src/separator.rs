@@ -20,6 +20,17 @@ pub enum Likelihood {
     Gaussian { gamma_coeff: f32 },
 }
 
+impl Likelihood {
+    /// The stem that is the mixture minus the others (Dirac), which also takes the rounding when
+    /// a post-filter shares the mixture out again; none for the Gaussian.
+    pub fn constrained(self) -> Option<usize> {
+        match self {
+            Likelihood::Dirac { constrained } => Some(constrained),
+            Likelihood::Gaussian { .. } => None,
+        }
+    }
+}
+
 /// Separates `mixture` `[B, 1, T]` into `[B, C, T]` stems.
 pub fn separate(
     denoiser: &dyn Denoiser,
@@ -102,10 +113,7 @@ fn post_filter(wiener: &WienerFilter, x: &Tensor, mixture: &Tensor, likelihood: 
     let device = x.device().clone();
     let stems: Vec<Vec<Vec<f32>>> = x.to_device(&Device::Cpu)?.to_vec3()?;
     let mixes: Vec<Vec<f32>> = mixture.to_device(&Device::Cpu)?.squeeze(1)?.to_vec2()?;
-    let residual_to = match likelihood {
-        Likelihood::Dirac { constrained } => Some(constrained),
-        Likelihood::Gaussian { .. } => None,
-    };
+    let residual_to = likelihood.constrained();
     let out: Vec<Vec<Vec<f32>>> =
         stems.par_iter().zip(&mixes).map(|(s, m)| wiener.apply(s, m, residual_to)).collect::<Result<_>>()?;
     let flat: Vec<f32> = out.into_iter().flatten().flatten().collect();

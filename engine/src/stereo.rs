@@ -44,7 +44,8 @@ impl StereoMode {
 /// How strongly the gains are pulled towards 1, relative to the stem's energy in the band: a stem
 /// alone in a band gets its gain halfway between the fitted one and 1. Chosen on the validation
 /// songs panned (`tools/eval/stereo.py`, model card): SI-SDRi All 6.85 / 6.88 / 6.94 / 7.00 /
-/// 7.04 dB at 0.002 / 0.02 / 0.1 / 0.3 / 1, and 7.03 with the gains held at 1. The separation
+/// 7.04 dB at 0.002 / 0.02 / 0.1 / 0.3 / 1, and 7.03 with the gains held at 1 (the other
+/// points from a throwaway build that read this from the environment). The separation
 /// of the mid is not exact, and gains fitted to it closely follow its errors; held at 1, two
 /// sources with the same spectrum panned apart cannot be told apart at all.
 const PULL: f64 = 1.0;
